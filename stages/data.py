@@ -1,0 +1,232 @@
+"""Datasets: loading (embedded digits, `.npz`, ImageFolder), class selection, shot sampling,
+and the prepared-set files the stages pass to each other.
+
+Every image set in memory is an `ImageSet`: uint8 images (N, C, H, W), int64
+labels 0..K-1 and K class names. Prepared sets are stored as `.npz` with plain
+arrays only (no pickle), so any stage can load them safely.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stages.errors import DataError
+from stages.imagefolder import list_image_folder, read_image, read_manifest, safe_join
+
+EMBEDDED = ("digits",)
+
+
+@dataclass
+class ImageSet:
+    x: np.ndarray  # (N, C, H, W) uint8
+    y: np.ndarray  # (N,) int64 in 0..K-1
+    class_names: list[str]
+    skipped: list[str] = field(default_factory=list)  # files left out with on_bad_image=skip
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, idx: np.ndarray) -> "ImageSet":
+        return ImageSet(self.x[idx], self.y[idx], list(self.class_names), list(self.skipped))
+
+    def counts(self) -> dict[str, int]:
+        return {name: int((self.y == k).sum()) for k, name in enumerate(self.class_names)}
+
+
+@dataclass
+class LoadOptions:
+    image_size: int
+    channels: int
+    on_bad_image: str = "error"
+    max_image_pixels: int = 4096 * 4096
+
+
+# ---------------------------------------------------------------- conversions
+
+def convert_array(x: np.ndarray, opts: LoadOptions) -> np.ndarray:
+    """Any (N, H, W) / (N, H, W, C) uint8-like array -> uint8 (N, C, S, S)."""
+    if x.ndim == 3:
+        x = x[..., None]
+    x = x.astype(np.float32)
+    if x.shape[-1] == 4:  # RGBA: composite on black
+        x = x[..., :3] * (x[..., 3:] / 255.0)
+    t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))  # (N, C, H, W)
+    if t.shape[1] == 3 and opts.channels == 1:
+        t = (t * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    elif t.shape[1] == 1 and opts.channels == 3:
+        t = t.expand(-1, 3, -1, -1)
+    if t.shape[-2:] != (opts.image_size, opts.image_size):
+        t = F.interpolate(t, size=(opts.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
+    return t.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def _class_names_for(labels: np.ndarray) -> list[str]:
+    width = len(str(int(labels.max())))
+    return [str(k).zfill(width) for k in range(int(labels.max()) + 1)]
+
+
+# ---------------------------------------------------------------- loaders
+
+def load_digits_set(opts: LoadOptions) -> ImageSet:
+    """scikit-learn's bundled 8x8 digits (1,797 real images, 10 classes)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images * (255.0 / 16.0)).round().astype(np.uint8)  # (N, 8, 8)
+    return ImageSet(convert_array(x, opts), d.target.astype(np.int64), [str(k) for k in range(10)])
+
+
+def load_npz_set(path: Path, opts: LoadOptions) -> ImageSet:
+    """An `.npz` with `x` (N, H, W[, C]) and integer `y`; optional `class_names`."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npz ({exc.__class__.__name__}: {exc})") from None
+    missing = [k for k in ("x", "y") if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: missing array(s) {missing} (has {sorted(arrays)})")
+    x, y = arrays["x"], arrays["y"]
+    if len(x) != len(y):
+        raise DataError(f"{path}: x has {len(x)} images but y has {len(y)} labels")
+    if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3, 4)):
+        raise DataError(f"{path}: x must be (N, H, W) or (N, H, W, C) with C in 1, 3, 4; got {x.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: y must hold integer labels, got dtype {y.dtype}")
+    names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else _class_names_for(y)
+    if len(y) and (y.min() < 0 or y.max() >= len(names)):
+        raise DataError(f"{path}: labels must lie in 0..{len(names) - 1}; found {int(y.min())}..{int(y.max())}")
+    return ImageSet(convert_array(x, opts), y.astype(np.int64), names)
+
+
+def load_folder_set(root: Path, opts: LoadOptions) -> ImageSet:
+    """An ImageFolder tree `<root>/<class>/<image>`."""
+    items = list_image_folder(root)
+    class_names = sorted({c for _, c in items})
+    xs, ys, skipped = [], [], []
+    for rel, cls in items:
+        try:
+            xs.append(read_image(root / rel, opts.image_size, opts.channels, opts.max_image_pixels))
+            ys.append(class_names.index(cls))
+        except DataError:
+            if opts.on_bad_image != "skip":
+                raise
+            skipped.append(str(root / rel))
+    if not xs:
+        raise DataError(f"{root}: no readable images")
+    return ImageSet(np.stack(xs), np.asarray(ys, dtype=np.int64), class_names, skipped)
+
+
+def load_dataset(spec: str, opts: LoadOptions) -> dict[str, Optional[ImageSet]]:
+    """`{"train": ImageSet, "test": ImageSet | None}` for `digits`, an `.npz` or an ImageFolder root.
+
+    An ImageFolder root with `train/` and `test/` subfolders gives both splits.
+    """
+    if spec in EMBEDDED:
+        return {"train": load_digits_set(opts), "test": None}
+    path = Path(spec)
+    if not path.exists():
+        raise DataError(f"{spec}: dataset not found (expected 'digits', an .npz file or an ImageFolder folder)")
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise DataError(f"{spec}: unsupported dataset file (expected .npz)")
+        return {"train": load_npz_set(path, opts), "test": None}
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        train, test = load_folder_set(path / "train", opts), load_folder_set(path / "test", opts)
+        if test.class_names != train.class_names:
+            raise DataError(f"{path}: test/ classes {test.class_names} differ from train/ classes {train.class_names}")
+        return {"train": train, "test": test}
+    return {"train": load_folder_set(path, opts), "test": None}
+
+
+# ---------------------------------------------------------------- selection
+
+ClassRef = Union[int, str]
+
+
+def resolve_classes(ds: ImageSet, refs: Optional[Sequence[ClassRef]], key: str) -> list[int]:
+    """Class indices for `refs` (indices or names); all classes when None."""
+    if refs is None:
+        return list(range(len(ds.class_names)))
+    out = []
+    for r in refs:
+        if isinstance(r, str) and r in ds.class_names:
+            out.append(ds.class_names.index(r))
+        elif isinstance(r, int) and 0 <= r < len(ds.class_names):
+            out.append(r)
+        else:
+            raise DataError(f"{key}: unknown class {r!r}; the dataset has {ds.class_names}")
+    if len(set(out)) < 2:
+        raise DataError(f"{key}: need at least 2 distinct classes, got {list(refs)}")
+    return out
+
+
+def select_classes(ds: ImageSet, classes: list[int]) -> ImageSet:
+    """Keep only `classes`, relabelled 0..len(classes)-1 in the given order."""
+    remap = np.full(len(ds.class_names), -1, dtype=np.int64)
+    remap[classes] = np.arange(len(classes))
+    keep = np.flatnonzero(remap[ds.y] >= 0)
+    return ImageSet(ds.x[keep], remap[ds.y[keep]], [ds.class_names[c] for c in classes], list(ds.skipped))
+
+
+def sample_shots(ds: ImageSet, shots: int, rng: np.random.Generator, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(shot indices, remaining indices): `shots` random images per class."""
+    picked = []
+    for k, cls in enumerate(ds.class_names):
+        idx = np.flatnonzero(ds.y == k)
+        if len(idx) < shots:
+            raise DataError(f"{name}: class {cls!r} has {len(idx)} image(s), fewer than data.shots={shots}")
+        picked.append(rng.choice(idx, size=shots, replace=False))
+    shot_idx = np.sort(np.concatenate(picked))
+    rest = np.setdiff1d(np.arange(len(ds)), shot_idx)
+    return shot_idx, rest
+
+
+# ---------------------------------------------------------------- prepared files
+
+def save_prepared(path: Path, ds: ImageSet) -> None:
+    """Write an ImageSet as an `.npz` of plain arrays (no pickle)."""
+    with open(path, "wb") as f:
+        np.savez_compressed(f, x=ds.x, y=ds.y, class_names=np.asarray(ds.class_names, dtype=str))
+
+
+def load_prepared(path: str | Path) -> ImageSet:
+    """Read an `.npz` written by `save_prepared`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: prepared data not found (run the prepare stage first)")
+    with np.load(path, allow_pickle=False) as f:
+        return ImageSet(f["x"], f["y"].astype(np.int64), [str(n) for n in f["class_names"]])
+
+
+def to_float(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [-1, 1] (the GAN's and the classifier's input range)."""
+    t = torch.as_tensor(x)
+    return t.float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float images in [-1, 1] -> uint8 numpy (N, C, H, W)."""
+    return x.detach().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+
+def load_manifest_set(root: Path, opts: LoadOptions) -> ImageSet:
+    """An ImageFolder tree written by ganaug, read through its manifest (paths kept inside `root`)."""
+    df = read_manifest(root)
+    names = df.drop_duplicates("label").sort_values("label")["class_name"].tolist()
+    if df["label"].min() < 0 or sorted(df["label"].unique()) != list(range(len(names))):
+        raise DataError(f"{root / 'manifest.parquet'}: labels must be 0..K-1 with one class_name each")
+    x = [read_image(safe_join(root, rel), opts.image_size, opts.channels, opts.max_image_pixels) for rel in df["path"]]
+    return ImageSet(np.stack(x), df["label"].to_numpy(np.int64), names)
+
+
+def load_training_set(path: Path, image_size: int, channels: int) -> ImageSet:
+    """A prepared `.npz`, or an ImageFolder tree with `manifest.parquet` (e.g. data/augmented)."""
+    if path.suffix == ".npz":
+        return load_prepared(path)
+    return load_manifest_set(path, LoadOptions(image_size, channels))

@@ -1,0 +1,55 @@
+"""Stage `finetune` (foreach variant): transfer the pretrained classifier to the target classes.
+
+The backbone starts from `models/classifier.pt`, the head is new (one output per
+target class), and every variant gets the same optimiser-step budget and seed,
+so baseline (real shots only) and augmented (real + synthetic) differ only in
+their training data.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from stages.atomic import atomic_file
+from stages.classifier_model import load_classifier, save_classifier
+from stages.data import ImageSet, load_training_set, to_float
+from stages.errors import exit_on_user_error
+from stages.fit import FitConfig, fit
+from stages.params import FinetuneParams, load_params
+from stages.runtime import pick_device, seed_everything
+
+
+def finetune(classifier_path: Path, train: ImageSet, p: FinetuneParams, device: torch.device, live_dir: str | None = None):
+    """Fine-tune the pretrained classifier on `train`; return (model, config, summary)."""
+    seed_everything(p.seed)
+    model, cfg, _ = load_classifier(classifier_path)
+    model.reset_head(len(train.class_names))
+    cfg.n_classes = len(train.class_names)
+    fit_cfg = FitConfig(p.steps, p.batch_size, p.lr, p.weight_decay, p.backbone_lr_mult, p.seed)
+    summary = fit(model, to_float(train.x), torch.as_tensor(train.y), fit_cfg, device, live_dir, desc="finetune")
+    summary["train_images"] = len(train)
+    return model.cpu(), cfg, summary
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--variant", required=True)
+    ap.add_argument("--train", required=True, help="a prepared .npz or an ImageFolder tree with manifest.parquet")
+    args = ap.parse_args(argv)
+    p = load_params().finetune
+    clf_path = Path("models/classifier.pt")
+    _, clf_cfg, _ = load_classifier(clf_path)
+    train = load_training_set(Path(args.train), clf_cfg.image_size, clf_cfg.channels)
+    model, cfg, summary = finetune(clf_path, train, p, pick_device(), live_dir=f"dvclive/finetune/{args.variant}")
+    summary["variant"] = args.variant
+    out = Path(f"models/finetune/{args.variant}.pt")
+    with atomic_file(out) as tmp:
+        save_classifier(tmp, model, cfg, train.class_names, summary)
+    print(f"finetune[{args.variant}]: {len(train)} training images, {summary['steps']} steps in {summary['seconds']}s -> {out}")
+
+
+if __name__ == "__main__":
+    main()

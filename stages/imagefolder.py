@@ -1,0 +1,119 @@
+"""Reading and writing ImageFolder trees (`<root>/<class>/<file>.png`) and their manifests.
+
+Every image read goes through `read_image`, which converts any mode (gray, RGB,
+RGBA, palette, 16-bit) to the requested size and channel count and refuses
+corrupt files and decompression bombs with a `DataError` naming the file.
+Manifest paths are resolved with `safe_join`, which refuses paths that leave
+their root.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from stages.errors import DataError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+MANIFEST = "manifest.parquet"
+MANIFEST_COLUMNS = ["path", "label", "class_name", "origin", "generator_sha256", "seed"]
+
+
+def safe_join(root: Path, rel: str) -> Path:
+    """`root / rel`, refusing absolute paths, `..` and symlinks that leave `root`."""
+    if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise DataError(f"{root}: manifest path {rel!r} leaves the dataset root")
+    full = (root / rel).resolve()
+    if not full.is_relative_to(root.resolve()):
+        raise DataError(f"{root}: manifest path {rel!r} resolves outside the dataset root ({full})")
+    return full
+
+
+def list_image_folder(root: Path) -> list[tuple[str, str]]:
+    """(path relative to root, class name) for every image, classes sorted by name."""
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root}: no class folders (expected <root>/<class>/<image>)")
+    if len(classes) < 2:
+        raise DataError(f"{root}: only one class folder ({classes[0]!r}); a classifier needs at least 2")
+    items = []
+    for name in classes:
+        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            raise DataError(f"{root / name}: class folder has no images ({', '.join(IMAGE_EXTS)})")
+        items += [(str(p.relative_to(root)), name) for p in files]
+    return items
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and float gray images scaled to 8-bit gray; palette/other modes to RGB(A)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        return Image.fromarray(np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P":
+        return img.convert("RGBA")
+    return img
+
+
+def _to_channels(img: Image.Image, channels: int) -> Image.Image:
+    """Flatten alpha onto black, then convert to L (1 channel) or RGB (3)."""
+    if img.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, img.convert("RGBA"))
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def read_image(path: Path, image_size: int, channels: int, max_pixels: int) -> np.ndarray:
+    """Load one image as uint8 (C, S, S); DataError for corrupt, empty or oversized files."""
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise DataError(f"{path}: {w}x{h} image exceeds data.max_image_pixels={max_pixels}; refused")
+                img.load()
+                img = _to_channels(_to_8bit(img), channels)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path}: refused as a decompression bomb ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
+    if img.size != (image_size, image_size):
+        img = img.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, S, S)
+
+
+def write_pngs(root: Path, x: np.ndarray, y: np.ndarray, class_names: list[str], stem: str) -> list[str]:
+    """Write uint8 (N, C, H, W) images as `<root>/<class>/<stem>_<i>.png`; return relative paths."""
+    paths = []
+    for i, (img, label) in enumerate(zip(x, y)):
+        rel = f"{class_names[int(label)]}/{stem}_{i:06d}.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        arr = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+        Image.fromarray(np.ascontiguousarray(arr)).save(root / rel, optimize=False, compress_level=1)
+        paths.append(rel)
+    return paths
+
+
+def read_manifest(root: Path) -> pd.DataFrame:
+    """The manifest of an ImageFolder tree written by ganaug, checked for its columns."""
+    path = root / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a bad file
+        raise DataError(f"{path}: not a readable parquet file ({exc.__class__.__name__}: {exc})") from None
+    missing = [c for c in ("path", "label", "class_name", "origin") if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}")
+    return df

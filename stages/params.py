@@ -1,0 +1,153 @@
+"""The one schema for params.yaml, used by every stage and by the Prefect flow.
+
+`load_params()` validates the whole file before any stage does work, and turns
+pydantic's errors into one `ParamsError` line that names the key, the problem
+and (for choices) the allowed values.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stages.errors import UserError
+
+ClassRef = Union[int, str]  # a class index into the dataset's sorted classes, or a class name
+
+CLASSIFIER_ARCHS = ("convnet", "resnet18", "resnet34", "mobilenet_v3_small")
+DIFFAUG_OPS = ("color", "translation", "cutout")
+
+
+class ParamsError(UserError):
+    """params.yaml is missing, unreadable or does not match the schema."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class DataParams(_Section):
+    source: str = "digits"
+    target: str = "digits"
+    target_test: Optional[str] = None
+    source_classes: Optional[list[ClassRef]] = None
+    target_classes: Optional[list[ClassRef]] = None
+    shots: int = Field(10, ge=1)
+    image_size: int = Field(16, ge=8, le=256)
+    channels: Literal[1, 3] = 1
+    on_bad_image: Literal["error", "skip"] = "error"
+    max_image_pixels: int = Field(4096 * 4096, ge=64)
+    seed: int = 0
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_4(cls, v: int) -> int:
+        if v % 4:
+            raise ValueError(f"must be a multiple of 4 (the GAN upsamples twice by 2), got {v}")
+        return v
+
+
+class ClassifierParams(_Section):
+    arch: Literal[CLASSIFIER_ARCHS] = "convnet"  # type: ignore[valid-type]
+    weights: Literal["none", "imagenet"] = "none"
+    width: int = Field(32, ge=4)
+    steps: int = Field(400, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _weights_need_torchvision(self) -> "ClassifierParams":
+        if self.weights == "imagenet" and self.arch == "convnet":
+            raise ValueError("weights 'imagenet' needs a torchvision arch, not 'convnet'")
+        return self
+
+
+class GanParams(_Section):
+    z_dim: int = Field(64, ge=1)
+    g_width: int = Field(64, ge=4)
+    d_width: int = Field(64, ge=4)
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr_g: float = Field(2e-4, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    beta1: float = Field(0.0, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    diffaug: str = "color,translation,cutout"
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    ema_start: int = Field(100, ge=0)
+    checkpoint_every: int = Field(250, ge=1)
+    seed: int = 0
+
+    @field_validator("diffaug")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        bad = [p for p in v.split(",") if p and p not in DIFFAUG_OPS]
+        if bad:
+            raise ValueError(f"unknown DiffAugment op(s) {bad}; allowed: {', '.join(DIFFAUG_OPS)} (comma-separated) or ''")
+        return v
+
+
+class SynthParams(_Section):
+    per_class: int = Field(100, ge=0)
+    batch_size: int = Field(256, ge=1)
+    seed: int = 0
+
+
+class FinetuneParams(_Section):
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    backbone_lr_mult: float = Field(0.1, ge=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    seed: int = 0
+
+
+class EvalParams(_Section):
+    batch_size: int = Field(512, ge=1)
+
+
+class Params(_Section):
+    data: DataParams = DataParams()
+    classifier: ClassifierParams = ClassifierParams()
+    gan: GanParams = GanParams()
+    synth: SynthParams = SynthParams()
+    finetune: FinetuneParams = FinetuneParams()
+    eval: EvalParams = EvalParams()
+
+
+def _describe(err: dict) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "literal_error":
+        msg = f"got {err['input']!r}; allowed: {err['ctx']['expected']}"
+    elif "input" in err and not isinstance(err["input"], dict):
+        msg = f"{msg} (got {err['input']!r})"
+    return f"{key}: {msg}"
+
+
+def parse_params(raw: dict, source: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise ParamsError naming every bad key."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise ParamsError(f"{source}: {problems}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc.__class__.__name__}: {exc})") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return parse_params(raw, str(path))
