@@ -1,11 +1,16 @@
 """Write outputs so that a killed stage never leaves a half-written file or folder.
 
-Everything is written to a temporary sibling first and renamed into place at the
-end (`os.replace` is atomic on one file system).
+Everything is written to a temporary sibling first (a folder
+`.<name>.tmp-<pid>-<random>`; for a file, the file `<name>` inside it) and
+renamed into place at the end (`os.replace` is atomic on one file system).
+A process killed mid-write (SIGKILL runs no cleanup) leaves only such a hidden
+temporary, never a partial `<name>`; the next write of the same output removes
+temporaries whose process is gone.
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -14,38 +19,92 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.tmp-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def stale_temporaries(path: str | Path) -> list[Path]:
+    """Temporaries of `path` (`.<name>.tmp-<pid>-*`, `.<name>.old-<pid>`) whose process no longer runs."""
+    path = Path(path)
+    found = []
+    for kind in ("tmp", "old"):
+        for p in path.parent.glob(f".{glob.escape(path.name)}.{kind}-*"):
+            pid = p.name[len(f".{path.name}.{kind}-"):].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                found.append(p)
+    return sorted(found)
+
+
+def remove_stale_temporaries(path: str | Path) -> None:
+    """Delete what killed writers of `path` left behind."""
+    for p in stale_temporaries(path):
+        _remove(p)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder that replaces `path` when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    remove_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), dir=path.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700); outputs get the usual mode
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
+    _remove(old)
+    if path.exists() or path.is_symlink():
         os.replace(path, old)
     os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
 
 
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary file path that replaces `path` when the block succeeds."""
+    """Yield a temporary file path that replaces `path` when the block succeeds.
+
+    The temporary has the output's own name, inside a hidden temporary folder,
+    so writers that record the file name (torch.save names its archive after
+    it) or infer the format from the suffix behave as if writing `path`, and the
+    same content gives the same bytes every run.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    remove_stale_temporaries(path)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), dir=path.parent))
+    tmp = tmp_dir / path.name
     try:
+        tmp.touch(0o666 & ~_umask())
         yield tmp
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def write_json(path: str | Path, obj: object) -> None:

@@ -6,6 +6,7 @@ transfer and for feature-space metrics), `forward(x) -> (B, K)` logits, and
 """
 from __future__ import annotations
 
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -137,8 +138,11 @@ def load_classifier(path: str | Path) -> tuple[nn.Module, ClassifierConfig, list
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: classifier checkpoint not found")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = ClassifierConfig(**blob["config"])
-    model = build_classifier(cfg)
-    model.load_state_dict(blob["state_dict"])
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = ClassifierConfig(**blob["config"])
+        model = build_classifier(cfg)
+        model.load_state_dict(blob["state_dict"])
+    except (RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise UserError(f"{path}: not a ganaug classifier checkpoint ({exc.__class__.__name__}: {str(exc)[:200]})") from None
     return model, cfg, list(blob["class_names"])

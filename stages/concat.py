@@ -17,6 +17,7 @@ from stages.atomic import atomic_dir
 from stages.data import ImageSet, load_prepared
 from stages.errors import DataError, exit_on_user_error
 from stages.imagefolder import MANIFEST, MANIFEST_COLUMNS, read_manifest, safe_join, write_pngs
+from stages.params import load_params
 
 
 def _real_rows(root: Path, real: ImageSet) -> pd.DataFrame:
@@ -53,6 +54,7 @@ def concat(real: ImageSet, synthetic_dir: Path, out_dir: Path) -> pd.DataFrame:
 
 @exit_on_user_error
 def main() -> None:
+    load_params()  # concat has no params of its own, but a broken params.yaml stops every stage first
     real = load_prepared("data/prepared/target_train.npz")
     df = concat(real, Path("data/synthetic"), Path("data/augmented"))
     n = df["origin"].value_counts().to_dict()

@@ -7,16 +7,19 @@ arrays only (no pickle), so any stage can load them safely.
 """
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from stages.errors import DataError
-from stages.imagefolder import list_image_folder, read_image, read_manifest, safe_join
+from stages.imagefolder import MANIFEST, list_image_folder, read_image, read_manifest, safe_join
 
 EMBEDDED = ("digits",)
 
@@ -81,26 +84,64 @@ def load_digits_set(opts: LoadOptions) -> ImageSet:
     return ImageSet(convert_array(x, opts), d.target.astype(np.int64), [str(k) for k in range(10)])
 
 
+_NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of an `.npz` archive (never unpickles); DataError naming the file otherwise."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except _NPZ_ERRORS as exc:
+        raise DataError(f"{path}: not a readable .npz ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
+        raise DataError(f"{path}: not an .npz archive of named arrays (expected x and y)")
+    try:
+        with loaded as f:
+            return {k: f[k] for k in f.files}
+    except _NPZ_ERRORS as exc:
+        raise DataError(f"{path}: not a readable .npz ({exc.__class__.__name__}: {exc})") from None
+
+
+def check_image_array(path: Path, x: np.ndarray) -> None:
+    """`x` must be (N, H, W) or (N, H, W, C) pixels in 0..255."""
+    if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3, 4)):
+        raise DataError(f"{path}: x must be (N, H, W) or (N, H, W, C) with C in 1, 3, 4; got shape {x.shape}")
+    if x.dtype.kind not in "uif":
+        raise DataError(f"{path}: x must hold numeric pixels (0..255), got dtype {x.dtype}")
+    if x.size and x.dtype != np.uint8:
+        lo, hi = float(np.min(x)), float(np.max(x))
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo >= 0 and hi <= 255):
+            raise DataError(f"{path}: x must hold pixels in 0..255; found values {lo:g}..{hi:g}")
+
+
+def check_labels(path: Path, y: np.ndarray, n_images: int, names: list[str]) -> None:
+    """`y` must be N integer labels in 0..K-1."""
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: y must be a 1-D array of integer labels, got dtype {y.dtype} shape {y.shape}")
+    if len(y) != n_images:
+        raise DataError(f"{path}: x has {n_images} images but y has {len(y)} labels")
+    if n_images == 0:
+        raise DataError(f"{path}: no images (x and y are empty)")
+    if y.min() < 0:
+        raise DataError(f"{path}: labels must be class indices >= 0; found {int(y.min())}")
+    if y.max() >= len(names):
+        raise DataError(f"{path}: labels must lie in 0..{len(names) - 1} ({len(names)} classes); "
+                        f"found {int(y.min())}..{int(y.max())}")
+
+
 def load_npz_set(path: Path, opts: LoadOptions) -> ImageSet:
     """An `.npz` with `x` (N, H, W[, C]) and integer `y`; optional `class_names`."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npz ({exc.__class__.__name__}: {exc})") from None
+    arrays = read_npz(path)
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
         raise DataError(f"{path}: missing array(s) {missing} (has {sorted(arrays)})")
     x, y = arrays["x"], arrays["y"]
-    if len(x) != len(y):
-        raise DataError(f"{path}: x has {len(x)} images but y has {len(y)} labels")
-    if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3, 4)):
-        raise DataError(f"{path}: x must be (N, H, W) or (N, H, W, C) with C in 1, 3, 4; got {x.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{path}: y must hold integer labels, got dtype {y.dtype}")
-    names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else _class_names_for(y)
-    if len(y) and (y.min() < 0 or y.max() >= len(names)):
-        raise DataError(f"{path}: labels must lie in 0..{len(names) - 1}; found {int(y.min())}..{int(y.max())}")
+    check_image_array(path, x)
+    if "class_names" in arrays:
+        names = [str(n) for n in np.atleast_1d(arrays["class_names"])]
+    else:  # classes 0..max(y); a negative label is refused below
+        names = _class_names_for(y) if y.size and np.issubdtype(y.dtype, np.integer) and y.max() >= 0 else []
+    check_labels(path, y, len(x), names)
     return ImageSet(convert_array(x, opts), y.astype(np.int64), names)
 
 
@@ -117,9 +158,12 @@ def load_folder_set(root: Path, opts: LoadOptions) -> ImageSet:
             if opts.on_bad_image != "skip":
                 raise
             skipped.append(str(root / rel))
-    if not xs:
-        raise DataError(f"{root}: no readable images")
-    return ImageSet(np.stack(xs), np.asarray(ys, dtype=np.int64), class_names, skipped)
+    y = np.asarray(ys, dtype=np.int64)
+    empty = [name for k, name in enumerate(class_names) if not (y == k).any()]
+    if empty:
+        raise DataError(f"{root / empty[0]}: class folder has no readable images "
+                        f"({len(skipped)} bad file(s) skipped with data.on_bad_image=skip)")
+    return ImageSet(np.stack(xs), y, class_names, skipped)
 
 
 def load_dataset(spec: str, opts: LoadOptions) -> dict[str, Optional[ImageSet]]:
@@ -200,13 +244,16 @@ def load_prepared(path: str | Path) -> ImageSet:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: prepared data not found (run the prepare stage first)")
-    with np.load(path, allow_pickle=False) as f:
-        return ImageSet(f["x"], f["y"].astype(np.int64), [str(n) for n in f["class_names"]])
+    arrays = read_npz(path)
+    missing = [k for k in ("x", "y", "class_names") if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: missing array(s) {missing}; not written by the prepare stage (run it again)")
+    return ImageSet(arrays["x"], arrays["y"].astype(np.int64), [str(n) for n in arrays["class_names"]])
 
 
 def to_float(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 images -> float32 in [-1, 1] (the GAN's and the classifier's input range)."""
-    t = torch.as_tensor(x)
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x, copy=True))
     return t.float().div(127.5).sub(1.0)
 
 
@@ -218,11 +265,21 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 def load_manifest_set(root: Path, opts: LoadOptions) -> ImageSet:
     """An ImageFolder tree written by ganaug, read through its manifest (paths kept inside `root`)."""
     df = read_manifest(root)
+    where = root / MANIFEST
+    if df.empty:
+        raise DataError(f"{where}: no rows")
+    if not pd.api.types.is_integer_dtype(df["label"]) or df["label"].isna().any():
+        raise DataError(f"{where}: column 'label' must hold integers, got {df['label'].dtype}")
+    bad_path = df["path"].map(lambda v: not isinstance(v, str) or not v)
+    if bad_path.any():
+        raise DataError(f"{where}: row {int(bad_path.to_numpy().argmax())}: 'path' must be a non-empty relative path")
     names = df.drop_duplicates("label").sort_values("label")["class_name"].tolist()
-    if df["label"].min() < 0 or sorted(df["label"].unique()) != list(range(len(names))):
-        raise DataError(f"{root / 'manifest.parquet'}: labels must be 0..K-1 with one class_name each")
-    x = [read_image(safe_join(root, rel), opts.image_size, opts.channels, opts.max_image_pixels) for rel in df["path"]]
-    return ImageSet(np.stack(x), df["label"].to_numpy(np.int64), names)
+    labels_ok = df["label"].min() >= 0 and sorted(df["label"].unique()) == list(range(len(names)))
+    if not labels_ok or df.groupby("label")["class_name"].nunique().max() != 1:
+        raise DataError(f"{where}: labels must be 0..K-1 with one class_name each")
+    paths = [safe_join(root, rel) for rel in df["path"]]  # every path checked before any image is read
+    x = [read_image(p, opts.image_size, opts.channels, opts.max_image_pixels) for p in paths]
+    return ImageSet(np.stack(x), df["label"].to_numpy(np.int64), [str(n) for n in names])
 
 
 def load_training_set(path: Path, image_size: int, channels: int) -> ImageSet:

@@ -7,6 +7,7 @@ is a bug and keeps its traceback.
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from typing import Callable, TypeVar
 
@@ -21,6 +22,11 @@ class DataError(UserError):
     """A dataset, image or manifest that cannot be used."""
 
 
+def one_line(message: object) -> str:
+    """`message` on one line: each line break (and the indentation around it) becomes one space."""
+    return re.sub(r"\s*[\r\n]+\s*", " ", str(message)).strip()
+
+
 def exit_on_user_error(main: F) -> F:
     """Decorate a stage's `main()`: print UserErrors as one line, exit 2."""
 
@@ -29,7 +35,7 @@ def exit_on_user_error(main: F) -> F:
         try:
             return main(*args, **kwargs)
         except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {one_line(exc)}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]

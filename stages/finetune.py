@@ -21,14 +21,17 @@ from stages.params import FinetuneParams, load_params
 from stages.runtime import pick_device, seed_everything
 
 
-def finetune(classifier_path: Path, train: ImageSet, p: FinetuneParams, device: torch.device, live_dir: str | None = None):
+def finetune(classifier_path: Path, train: ImageSet, p: FinetuneParams, device: torch.device,
+             live_dir: str | None = None, ckpt_path: Path | None = None):
     """Fine-tune the pretrained classifier on `train`; return (model, config, summary)."""
     seed_everything(p.seed)
     model, cfg, _ = load_classifier(classifier_path)
     model.reset_head(len(train.class_names))
     cfg.n_classes = len(train.class_names)
-    fit_cfg = FitConfig(p.steps, p.batch_size, p.lr, p.weight_decay, p.backbone_lr_mult, p.seed)
-    summary = fit(model, to_float(train.x), torch.as_tensor(train.y), fit_cfg, device, live_dir, desc="finetune")
+    fit_cfg = FitConfig(p.steps, p.batch_size, p.lr, p.weight_decay, p.backbone_lr_mult, p.seed,
+                        checkpoint_every=p.checkpoint_every)
+    summary = fit(model, to_float(train.x), torch.as_tensor(train.y), fit_cfg, device, live_dir,
+                  desc="finetune", ckpt_path=ckpt_path)
     summary["train_images"] = len(train)
     return model.cpu(), cfg, summary
 
@@ -43,11 +46,11 @@ def main(argv: list[str] | None = None) -> None:
     clf_path = Path("models/classifier.pt")
     _, clf_cfg, _ = load_classifier(clf_path)
     train = load_training_set(Path(args.train), clf_cfg.image_size, clf_cfg.channels)
-    model, cfg, summary = finetune(clf_path, train, p, pick_device(), live_dir=f"dvclive/finetune/{args.variant}")
-    summary["variant"] = args.variant
+    model, cfg, summary = finetune(clf_path, train, p, pick_device(), live_dir=f"dvclive/finetune/{args.variant}",
+                                   ckpt_path=Path(f"checkpoints/finetune/{args.variant}.pt"))
     out = Path(f"models/finetune/{args.variant}.pt")
-    with atomic_file(out) as tmp:
-        save_classifier(tmp, model, cfg, train.class_names, summary)
+    with atomic_file(out) as tmp:  # no timings in the file: same params, same bytes
+        save_classifier(tmp, model, cfg, train.class_names, {"variant": args.variant, "train_images": len(train)})
     print(f"finetune[{args.variant}]: {len(train)} training images, {summary['steps']} steps in {summary['seconds']}s -> {out}")
 
 

@@ -8,8 +8,10 @@ their root.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -69,21 +71,36 @@ def _to_channels(img: Image.Image, channels: int) -> Image.Image:
     return img.convert("L" if channels == 1 else "RGB")
 
 
-def read_image(path: Path, image_size: int, channels: int, max_pixels: int) -> np.ndarray:
-    """Load one image as uint8 (C, S, S); DataError for corrupt, empty or oversized files."""
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: empty file (0 bytes)")
+@contextlib.contextmanager
+def _pixel_limit(max_pixels: int) -> Iterator[None]:
+    """PIL's decompression-bomb check with data.max_image_pixels instead of PIL's global default."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise DataError(f"{path}: {w}x{h} image exceeds data.max_image_pixels={max_pixels}; refused")
-                img.load()
-                img = _to_channels(_to_8bit(img), channels)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{path}: refused as a decompression bomb ({exc})") from None
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own check names the limit
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def read_image(path: Path, image_size: int, channels: int, max_pixels: int) -> np.ndarray:
+    """Load one image as uint8 (C, S, S); DataError for missing, corrupt, empty or oversized files."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:  # missing, a dangling symlink, no permission
+        raise DataError(f"{path}: cannot read image ({exc.strerror or exc.__class__.__name__})") from None
+    if size == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    try:
+        with _pixel_limit(max_pixels), Image.open(path) as img:  # PIL refuses > 2 * max_pixels on its own
+            w, h = img.size
+            if w * h > max_pixels:
+                raise DataError(f"{path}: {w}x{h} image exceeds data.max_image_pixels={max_pixels}; refused")
+            img.load()
+            img = _to_channels(_to_8bit(img), channels)
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: refused as a decompression bomb (over data.max_image_pixels={max_pixels}: {exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
     if img.size != (image_size, image_size):

@@ -24,28 +24,39 @@ class ParamsError(UserError):
     """params.yaml is missing, unreadable or does not match the schema."""
 
 
+SEED_MAX = 2**63 - 1  # numpy and torch both accept 0..2**63-1
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False)
+    model_config = ConfigDict(extra="forbid", strict=False, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans(cls, v: object) -> object:
+        """YAML turns yes/no/true/false into booleans; no param is one, so never read them as 1/0."""
+        if isinstance(v, bool):
+            raise ValueError("expected a number or a name, not a boolean (yes/no/true/false)")
+        return v
 
 
 class DataParams(_Section):
     source: str = "digits"
     target: str = "digits"
     target_test: Optional[str] = None
-    source_classes: Optional[list[ClassRef]] = None
-    target_classes: Optional[list[ClassRef]] = None
+    source_classes: Optional[list[ClassRef]] = [0, 1, 2, 3, 4]  # None = all classes
+    target_classes: Optional[list[ClassRef]] = [5, 6, 7, 8, 9]
     shots: int = Field(10, ge=1)
     image_size: int = Field(16, ge=8, le=256)
     channels: Literal[1, 3] = 1
     on_bad_image: Literal["error", "skip"] = "error"
     max_image_pixels: int = Field(4096 * 4096, ge=64)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
     @field_validator("image_size")
     @classmethod
     def _multiple_of_4(cls, v: int) -> int:
         if v % 4:
-            raise ValueError(f"must be a multiple of 4 (the GAN upsamples twice by 2), got {v}")
+            raise ValueError("must be a multiple of 4 (the GAN upsamples twice by 2)")
         return v
 
 
@@ -56,7 +67,7 @@ class ClassifierParams(_Section):
     steps: int = Field(400, ge=0)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
     @model_validator(mode="after")
     def _weights_need_torchvision(self) -> "ClassifierParams":
@@ -79,7 +90,7 @@ class GanParams(_Section):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     ema_start: int = Field(100, ge=0)
     checkpoint_every: int = Field(250, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
     @field_validator("diffaug")
     @classmethod
@@ -93,7 +104,7 @@ class GanParams(_Section):
 class SynthParams(_Section):
     per_class: int = Field(100, ge=0)
     batch_size: int = Field(256, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
 
 class FinetuneParams(_Section):
@@ -102,7 +113,8 @@ class FinetuneParams(_Section):
     lr: float = Field(1e-3, gt=0)
     backbone_lr_mult: float = Field(0.1, ge=0)
     weight_decay: float = Field(5e-4, ge=0)
-    seed: int = 0
+    checkpoint_every: int = Field(100, ge=1)  # steps between resumable checkpoints (checkpoints/finetune/)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
 
 class EvalParams(_Section):
@@ -123,6 +135,10 @@ def _describe(err: dict) -> str:
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
+    elif err["type"] == "value_error":
+        msg = str(err["ctx"]["error"])
+        if not isinstance(err["input"], dict):
+            msg += f" (got {err['input']!r})"
     elif err["type"] == "literal_error":
         msg = f"got {err['input']!r}; allowed: {err['ctx']['expected']}"
     elif "input" in err and not isinstance(err["input"], dict):
@@ -139,15 +155,25 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
         raise ParamsError(f"{source}: {problems}") from None
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where (1-based line and column)."""
+    problem = getattr(exc, "problem", None) or exc.__class__.__name__
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParamsError(f"{path}: cannot read ({exc.__class__.__name__}: {exc})") from None
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML ({exc.__class__.__name__}: {exc})") from None
+        raise ParamsError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
     if raw is not None and not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     return parse_params(raw, str(path))

@@ -67,6 +67,16 @@ def _same_dataset(a: str, b: str) -> bool:
     return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
 
 
+def skipped_files(*sets: dict | ImageSet) -> list[str]:
+    """Every file left out with data.on_bad_image=skip, over all loaded sets and splits, sorted."""
+    found = set()
+    for s in sets:
+        for ds in (s.values() if isinstance(s, dict) else [s]):
+            if ds is not None:
+                found.update(ds.skipped)
+    return sorted(found)
+
+
 def prepare(p: DataParams, out_dir: Path) -> dict:
     """Load, convert and split the data; write the prepared sets to `out_dir`; return the manifest."""
     opts = LoadOptions(p.image_size, p.channels, p.on_bad_image, p.max_image_pixels)
@@ -75,7 +85,7 @@ def prepare(p: DataParams, out_dir: Path) -> dict:
     source = target if same else load_dataset(p.source, opts)
     train, test, used = split_target(p, opts, target)
     src = build_source(p, source, used if same else np.empty(0, dtype=np.int64))
-    skipped = sorted(set(target["train"].skipped + source["train"].skipped + test.skipped))
+    skipped = skipped_files(target, source, test)
     manifest = {
         "source": p.source, "target": p.target, "target_test": p.target_test,
         "scenario": "same dataset" if same else "domain transfer",

@@ -57,8 +57,9 @@ def main() -> None:
     source = load_prepared("data/prepared/source.npz")
     model, cfg, summary = pretrain(source, p, pick_device(), live_dir="dvclive/pretrain")
     out = Path("models/classifier.pt")
+    kept = {k: v for k, v in summary.items() if k not in ("seconds", "images_per_s")}  # same params, same bytes
     with atomic_file(out) as tmp:
-        save_classifier(tmp, model, cfg, source.class_names, summary)
+        save_classifier(tmp, model, cfg, source.class_names, kept)
     print(f"pretrain: {cfg.arch} on {len(source)} source images, {summary['steps']} steps in {summary['seconds']}s, "
           f"held-out source accuracy {summary.get('source_holdout_accuracy', 'n/a')} -> {out}")
 

@@ -1,0 +1,35 @@
+# ganaug: two commands on a fresh machine.
+#   make repro   set up the virtualenv and run the whole DVC pipeline on the embedded default
+#   make test    set up the virtualenv and run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export DO_NOT_TRACK := 1
+
+.PHONY: setup repro test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --progress-bar off -e ".[test]"
+	touch $@
+
+repro: setup
+	@test -d .git || (git init -q && git add -A && git -c user.name=ganaug -c user.email=ganaug@localhost commit -qm "initial")
+	$(BIN)/dvc repro
+	@echo
+	@echo "Report:  reports/eval.md   (metrics: dvc metrics show; plots: plots/, dvc plots show)"
+	@cat reports/eval.md
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python -m bench.throughput
+
+clean:
+	rm -rf data/prepared data/synthetic data/augmented models metrics reports plots dvclive checkpoints
