@@ -1,0 +1,125 @@
+"""`ganaug run` (one flow run now) and `ganaug serve` (the nightly and the manual deployment).
+
+Exit codes of `ganaug run`: 0 the flow run completed, 1 it failed (a stage
+failed after its retries), 2 the command line, an override or `--repo` is
+wrong (reported in one line naming the key, before anything runs).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Optional, Sequence
+
+from pydantic import ValidationError
+
+from pipeline.overrides import OverrideError, format_overrides, parse_assignment
+from pipeline.run_params import AugmentParams
+from pipeline.workspace import WorkspaceError, find_project
+
+SHORTCUTS = {"shots": "data.shots"}  # --shots 5 is --set data.shots=5
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ganaug", description="Run the ganaug DVC pipeline as a Prefect flow.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the pipeline once, now (stages DVC finds up to date are skipped)")
+    _add_run_options(run)
+    run.add_argument("--exp-name", metavar="NAME", help="save the run as the DVC experiment NAME (implies an experiment run)")
+    run.add_argument("--parallel", action="store_true",
+                     help="run independent stages (e.g. the finetune variants) at the same time")
+    run.add_argument("--dask", nargs="?", const="local", metavar="ADDRESS",
+                     help="run stage tasks on Dask: a local cluster, or the scheduler at ADDRESS; implies --parallel")
+
+    serve = sub.add_parser("serve", help="serve the nightly (cron) and the manual deployment; blocks")
+    _add_run_options(serve)
+    serve.add_argument("--cron", default=None, help="nightly schedule (default: '0 2 * * *')")
+    serve.add_argument("--timezone", default=None, help="timezone of the schedule (default: UTC)")
+    return ap
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", default=".", help="the ganaug project (default: current directory)")
+    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a params.yaml value for this run, e.g. --set gan.steps=500 (repeatable); "
+                        "a run with overrides is saved as a DVC experiment, params.yaml is left alone")
+    p.add_argument("--shots", type=int, metavar="N", help="shorthand for --set data.shots=N")
+    p.add_argument("--retries", type=int, default=2, metavar="N", help="retries of a failing stage (default 2)")
+    p.add_argument("--retry-delay", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds before the first retry, doubling after (default 10)")
+
+
+def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """--set KEY=VALUE and the shortcuts, in the order given (later wins)."""
+    overrides = dict(parse_assignment(a) for a in args.assignments)
+    for option, key in SHORTCUTS.items():
+        value = getattr(args, option, None)
+        if value is not None:
+            overrides[key] = value
+    return overrides
+
+
+def flow_params(args: argparse.Namespace) -> AugmentParams:
+    """The validated flow parameters; OverrideError/WorkspaceError with one readable line."""
+    project = find_project(args.repo)
+    try:
+        return AugmentParams(repo=str(project), overrides=collect_overrides(args),
+                             experiment_name=getattr(args, "exp_name", None), retries=args.retries,
+                             retry_delay_seconds=args.retry_delay,
+                             parallel=bool(getattr(args, "parallel", False) or getattr(args, "dask", None)))
+    except ValidationError as exc:
+        raise OverrideError(one_line(exc)) from None
+
+
+def one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(msg if not loc or msg.startswith(loc) else f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.flow import augment, dask_task_runner
+
+    params = flow_params(args)
+    flow_ = augment
+    if args.dask:
+        flow_ = augment.with_options(task_runner=dask_task_runner(None if args.dask == "local" else args.dask))
+    state = flow_(params, return_state=True)
+    if not state.is_completed():
+        print(f"error: flow run {state.name}: {state.message}", file=sys.stderr)
+        return 1
+    summary = state.result()
+    print(f"\nganaug run on {summary.project}  overrides: {format_overrides(summary.overrides)}")
+    width = max(len(r.stage) for r in summary.stages)
+    for r in summary.stages:
+        print(f"  {r.stage:<{width}}  {r.status:<8} {r.seconds:7.1f} s  {'' if r.status == 'ran' else r.detail}".rstrip())
+    print(f"  {len(summary.ran)} ran, {len(summary.skipped)} skipped, {summary.seconds:.1f} s in all")
+    if summary.experiment:
+        print(f"  saved as DVC experiment {summary.experiment!r} (dvc exp show; dvc exp apply {summary.experiment})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pipeline.deploy import DEFAULT_CRON, DEFAULT_TIMEZONE, MANUAL, NIGHTLY, serve_deployments
+
+    params = flow_params(args)
+    cron, tz = args.cron or DEFAULT_CRON, args.timezone or DEFAULT_TIMEZONE
+    print(f"serving augment/{NIGHTLY} ({cron}, {tz}) and augment/{MANUAL} for {params.repo}; Ctrl-C stops")
+    serve_deployments(params, cron, tz)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return cmd_run(args) if args.command == "run" else cmd_serve(args)
+    except (OverrideError, WorkspaceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Running DVC (and git) as subprocesses, with the flow's own Python environment.
+
+DVC's command line is its stable interface, so the flow talks to DVC only
+through it: `python -m dvc ...` with the interpreter the flow runs in, and that
+interpreter's directory first on PATH, so that a stage's `python -m stages.x`
+runs with the same packages as the flow.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+STDERR_TAIL_LINES = 40
+
+
+class CommandError(RuntimeError):
+    """A DVC or git command exited non-zero; the message holds its stderr."""
+
+
+def command_env() -> dict[str, str]:
+    """The environment for DVC and its stages: this interpreter first on PATH, unbuffered output."""
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"  # stage output reaches the log as it is printed
+    return env
+
+
+def dvc_args(*args: str, wait_for_lock: bool = True) -> list[str]:
+    """`python -m dvc [--wait-for-lock] args...` with the flow's interpreter."""
+    return [sys.executable, "-m", "dvc", *(["--wait-for-lock"] if wait_for_lock else []), *args]
+
+
+def run_quiet(args: Sequence[str], cwd: Path) -> str:
+    """Run a short command, return its stdout; raise CommandError with its stderr on failure."""
+    proc = subprocess.run(list(args), cwd=cwd, env=command_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip()
+        raise CommandError(f"`{describe(args)}` failed in {cwd} (exit {proc.returncode}): {detail}")
+    return proc.stdout
+
+
+def run_dvc(cwd: Path, *args: str) -> str:
+    return run_quiet(dvc_args(*args), cwd)
+
+
+def run_git(cwd: Path, *args: str) -> str:
+    return run_quiet(["git", *args], cwd)
+
+
+@dataclass
+class Streamed:
+    """What a streamed command left behind: exit code, all stdout lines, the tail of stderr."""
+
+    returncode: int
+    stdout: list[str] = field(default_factory=list)
+    stderr_tail: list[str] = field(default_factory=list)
+
+
+def run_streaming(args: Sequence[str], cwd: Path, on_line: Callable[[str, str], None]) -> Streamed:
+    """Run `args`, calling `on_line(stream, line)` for every stdout/stderr line as it arrives."""
+    proc = subprocess.Popen(list(args), cwd=cwd, env=command_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, bufsize=1, errors="replace")
+    result = Streamed(returncode=-1)
+    tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+
+    def pump(stream, name: str, sink: Callable[[str], None]) -> None:
+        for raw in stream:
+            line = raw.rstrip("\n")
+            sink(line)
+            on_line(name, line)
+
+    readers = [
+        threading.Thread(target=pump, args=(proc.stdout, "stdout", result.stdout.append), daemon=True),
+        threading.Thread(target=pump, args=(proc.stderr, "stderr", tail.append), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    result.returncode = proc.wait()
+    result.stderr_tail = list(tail)
+    return result
+
+
+def describe(args: Sequence[str]) -> str:
+    """A command as the user would type it (`dvc repro ...`, not `/path/python -m dvc repro ...`)."""
+    args = list(args)
+    if args[:3] == [sys.executable, "-m", "dvc"]:
+        args = ["dvc", *args[3:]]
+    return " ".join(args)

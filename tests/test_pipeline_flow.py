@@ -1,0 +1,451 @@
+"""The Prefect flow (`pipeline/`) driving real DVC in throw-away git repos, under `prefect_test_harness`.
+
+The full pipeline runs on the real stages with tiny params; the mechanics
+(retries, failures, Dask, two runs at once) run on small stand-in DAGs whose
+stages are a few lines of Python, so each costs seconds.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from uuid import UUID
+
+import pandas as pd
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId,
+)
+from prefect.client.schemas.sorting import TaskRunSort
+from prefect.logging.handlers import APILogHandler
+from prefect.testing.utilities import prefect_test_harness
+
+from conftest import TINY_PARAMS, make_project
+from pipeline.dag import parse_dot, read_dag
+from pipeline.deploy import DEFAULT_CRON, MANUAL, NIGHTLY, build_deployments
+from pipeline.flow import augment, dask_task_runner
+from pipeline.report import PER_CLASS_KEY, REPORT_KEY
+from pipeline.run_params import AugmentParams
+from stages.params import Params
+
+ROOT = Path(__file__).resolve().parents[1]
+DVC = [sys.executable, "-m", "dvc"]
+CORE_STAGES = {"prepare", "pretrain", "train_gan", "synthesize", "concat",
+               "finetune@baseline", "finetune@augmented", "evaluate"}
+HAS_ALL_STAGES = all((ROOT / "stages" / f"{name}.py").exists() for name in ("train_gan", "synthesize"))
+
+# --- a stand-in project: ganaug's DAG shape and output formats, stages of a few lines ------------
+
+TOY_PY = '''\
+import json, os, sys, time
+from pathlib import Path
+import yaml
+
+def write(path, text):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+
+def main(stage, *args):
+    if os.environ.get("TOY_FAIL") == stage:
+        print(f"toy: {stage} is broken on purpose", file=sys.stderr)
+        sys.exit(3)
+    marker = os.environ.get("TOY_FAIL_ONCE")
+    if marker and not Path(marker).exists():
+        Path(marker).write_text("failed once")
+        print(f"toy: {stage} fails on its first attempt", file=sys.stderr)
+        sys.exit(4)
+    p = yaml.safe_load(Path("params.yaml").read_text())
+    print(f"toy {stage}: hello on stdout")
+    print(f"toy {stage}: hello on stderr", file=sys.stderr)
+    if stage == "prepare":
+        write("data/prepared/train.txt", f"shots={p['data']['shots']}")
+    elif stage == "finetune":
+        t0 = time.time()
+        time.sleep(float(os.environ.get("TOY_SLEEP", "0")))
+        write(f"timing/{args[0]}.json", json.dumps({"start": t0, "end": time.time()}))
+        write(f"models/finetune/{args[0]}.txt", f"steps={p['finetune']['steps']}")
+    elif stage == "evaluate":
+        write("metrics/eval.json", json.dumps({"baseline": {"accuracy": 0.5, "macro_f1": 0.4}}))
+
+main(*sys.argv[1:])
+'''
+
+TOY_DAG = """\
+stages:
+  prepare:
+    cmd: python toy.py prepare
+    deps: [toy.py]
+    params: [data.shots]
+    outs: [data/prepared]
+  finetune:
+    foreach: [baseline, augmented]
+    do:
+      cmd: python toy.py finetune ${item}
+      deps: [toy.py, data/prepared]
+      params: [finetune.steps]
+      outs: ["models/finetune/${item}.txt"]
+  evaluate:
+    cmd: python toy.py evaluate
+    deps: [models/finetune/baseline.txt, models/finetune/augmented.txt]
+    metrics:
+      - metrics/eval.json:
+          cache: false
+"""
+
+ONE_STAGE = """\
+stages:
+  prepare:
+    cmd: python toy.py prepare
+    deps: [toy.py]
+    params: [data.shots]
+    outs: [data/prepared]
+"""
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def dvc(cwd: Path, *args: str) -> str:
+    proc = subprocess.run(DVC + list(args), cwd=cwd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def make_toy_repo(dest: Path, dvc_yaml: str = TOY_DAG) -> Path:
+    """A committed git + DVC repo with a valid params.yaml and `dvc_yaml` over toy.py."""
+    dest.mkdir(parents=True)
+    (dest / "dvc.yaml").write_text(dvc_yaml)
+    (dest / "toy.py").write_text(TOY_PY)
+    # the schema's defaults: valid whatever state params.yaml is in while it is being edited
+    (dest / "params.yaml").write_text(yaml.safe_dump(Params().model_dump(mode="json"), sort_keys=False))
+    (dest / ".gitignore").write_text("timing/\n*.marker\n")
+    git(dest, "init", "-q")
+    git(dest, "config", "user.name", "ganaug-test")
+    git(dest, "config", "user.email", "test@localhost")
+    dvc(dest, "init", "-q")
+    dvc(dest, "config", "core.analytics", "false")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-qm", "init")
+    return dest
+
+
+# --- Prefect helpers ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    with prefect_test_harness():
+        yield
+
+
+def run_flow(flow_=augment, **params):
+    """(final state, flow run id) of one flow run."""
+    state = flow_(params=params, return_state=True)
+    return state, state.state_details.flow_run_id
+
+
+def artifacts_of(flow_run_id: UUID) -> dict[str, object]:
+    """{key: data} of the flow run's artifacts (a raw filter request: this client/server pair
+    refuses the `null`s the client sends for filters left out)."""
+    body = {"artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}}, "limit": 50, "offset": 0,
+            "sort": "CREATED_DESC"}
+    with get_client(sync_client=True) as client:
+        found = client.request("POST", "/artifacts/filter", json=body).json()
+    return {a["key"]: a["data"] for a in found}
+
+
+def task_runs_of(flow_run_id: UUID) -> dict[str, object]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                     sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200)
+    return {r.name: r for r in runs}
+
+
+def eventually(check, timeout: float = 15.0):
+    """`check()` once it is truthy (the API records task run states in the background), else its last value."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return value
+
+
+def error_logs_of(flow_run_id: UUID, containing: str, timeout: float = 15.0) -> list[str]:
+    """ERROR logs of the flow run that contain `containing` (logs reach the API in the background)."""
+    APILogHandler().flush()
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200, offset=0)
+        found = [log.message for log in logs if log.level >= 40 and containing in log.message]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+# --- the DAG ----------------------------------------------------------------------------------------
+
+def test_dag_order_comes_from_dvc(tmp_path):
+    repo = make_toy_repo(tmp_path / "toy")
+    dag = read_dag(repo)
+    assert dag.order == ("prepare", "finetune@baseline", "finetune@augmented", "evaluate")
+    assert dag.upstream["evaluate"] == ("finetune@baseline", "finetune@augmented")
+    assert dag.levels() == [["prepare"], ["finetune@baseline", "finetune@augmented"], ["evaluate"]]
+
+    # a stage added to dvc.yaml shows up without touching pipeline/
+    (repo / "dvc.yaml").write_text(TOY_DAG + "  publish:\n    cmd: echo hi\n    deps: [metrics/eval.json]\n")
+    assert read_dag(repo).order[-1] == "publish"
+
+
+def test_parse_dot_orders_topologically_whatever_the_listing_order():
+    dag = parse_dot('strict digraph {\n"c";\n"b";\n"a";\n"a" -> "b";\n"b" -> "c";\n"x@1";\n}\n')
+    assert dag.order == ("a", "b", "c", "x@1")
+
+
+# --- the real pipeline on tiny params ---------------------------------------------------------------
+
+def dvc_api_edges(project: Path) -> set[tuple[str, str]]:
+    """(upstream, downstream) stage pairs from DVC's Python API: a second view of the DAG, not `dvc dag`."""
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        return {(dep.name, stage.name) for stage, dep in repo.index.graph.edges()}
+
+
+@pytest.mark.skipif(not HAS_ALL_STAGES, reason="stages/train_gan.py and stages/synthesize.py not written yet")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # from DVC's Python API in dvc_api_edges
+def test_real_pipeline_runs_reports_skips_and_overrides_as_experiment(tmp_path, prefect_api):
+    project = make_project(tmp_path / "project", TINY_PARAMS)
+    edges = dvc_api_edges(project)
+
+    state, run_id = run_flow(repo=str(project), retries=0)
+    assert state.is_completed(), state.message
+    first = state.result()
+    order = [r.stage for r in first.stages]
+    # every stage of dvc.yaml, each after the stages it depends on
+    assert CORE_STAGES <= set(order) and order[0] == "prepare" and order[-1] == "evaluate"
+    assert set(order) == {s for edge in edges for s in edge}
+    assert all(order.index(up) < order.index(down) for up, down in edges)
+    assert set(first.status_of().values()) == {"ran"}
+    assert first.experiment is None
+    assert eventually(lambda: set(task_runs_of(run_id)) == set(order))
+
+    # the report holds the workspace's metrics, the deltas, the synthetic image count and every stage's time
+    ev = json.loads((project / "metrics/eval.json").read_text())
+    variants = [v for v in ev if isinstance(ev[v], dict) and "macro_f1" in ev[v]]
+    assert {"baseline", "augmented"} <= set(variants)
+    arts = artifacts_of(run_id)
+    report = arts[REPORT_KEY]
+    for v in variants:
+        assert f"| {v} | {ev[v]['accuracy']:.4f} | {ev[v]['macro_f1']:.4f} |" in report
+    assert report.index("| baseline |") < report.index("| augmented |")
+    for v, delta in ev["vs_baseline"].items():
+        assert f"Delta {v} - baseline: accuracy {delta['accuracy']['delta']:+.4f}" in report
+        assert f"macro-F1 {delta['macro_f1']['delta']:+.4f}" in report
+    origins = pd.read_parquet(project / "data/augmented/manifest.parquet")["origin"].value_counts()
+    assert origins["synthetic"] == 5 * TINY_PARAMS["synth"]["per_class"]  # 5 target classes
+    assert (f"Synthetic images in the augmented training set: {origins['synthetic']} "
+            f"(plus {origins['real']} real)") in report
+    for r in first.stages:
+        assert f"| {r.stage} | ran | {r.seconds:.1f} s |" in report
+
+    # the table: one row per class, F1 of every variant as in reports/per_class.csv, and the deltas
+    table = arts[PER_CLASS_KEY]
+    rows = json.loads(table) if isinstance(table, str) else table
+    per_class = pd.read_csv(project / "reports/per_class.csv", dtype={"class": str})
+    assert [r["class"] for r in rows] == ["5", "6", "7", "8", "9"]
+    for row in rows:
+        f1 = per_class[per_class["class"] == row["class"]].set_index("variant")["f1"]
+        for v in variants:
+            assert row[f"f1_{v}"] == pytest.approx(f1[v], abs=1e-4)
+        assert row["delta_augmented"] == pytest.approx(f1["augmented"] - f1["baseline"], abs=2e-4)
+
+    state, _ = run_flow(repo=str(project), retries=0)
+    assert state.result().status_of() == {s: "skipped" for s in order}
+
+    # an override runs as a DVC experiment: the workspace's params.yaml and outputs stay as they were, and
+    # the training stages are restored from DVC's run cache, not retrained. (DVC keeps no run cache for a
+    # stage with a `cache: false` out, e.g. synthesize's plots/samples.png: such a stage runs again.)
+    params_before = (project / "params.yaml").read_bytes()
+    metrics_before = (project / "metrics/eval.json").read_bytes()
+    state, _ = run_flow(repo=str(project), retries=0, overrides={"eval.batch_size": 100}, experiment_name="eval-100")
+    assert state.is_completed(), state.message
+    exp = state.result()
+    assert exp.experiment == "eval-100"
+    assert "evaluate" in exp.ran
+    restored = {r.stage for r in exp.stages if r.detail == "restored from run cache"}
+    assert {"prepare", "pretrain", "train_gan"} | {s for s in order if s.startswith("finetune@")} <= restored
+    assert (project / "params.yaml").read_bytes() == params_before
+    assert (project / "metrics/eval.json").read_bytes() == metrics_before
+    assert git(project, "status", "--porcelain", "params.yaml") == ""
+    shown = json.loads(dvc(project, "exp", "show", "--json"))
+    exps = {e["name"]: e for base in shown for e in (base.get("experiments") or []) if e.get("name")}
+    data = exps["eval-100"]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["eval"]["batch_size"] == 100
+    assert data["metrics"]["metrics/eval.json"]["data"]["baseline"]["macro_f1"] >= 0
+    assert git(project, "worktree", "list").count("\n") == 1  # the experiment workspace is gone
+
+
+# --- parameters ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides, named", [
+    ({"data.shotz": 3}, "data.shotz: unknown key"),
+    ({"data.shots": 0}, "data.shots: Input should be greater than or equal to 1"),
+    ({"gan.diffaug": "blur"}, "gan.diffaug"),
+])
+def test_invalid_override_fails_before_any_stage(tmp_path, prefect_api, overrides, named):
+    repo = make_toy_repo(tmp_path / "toy", ONE_STAGE)
+    state, run_id = run_flow(repo=str(repo), overrides=overrides)
+    assert state.is_failed()
+    assert named in state.message
+    assert task_runs_of(run_id) == {}
+    assert not (repo / "data").exists() and not (repo / "dvc.lock").exists()
+    with pytest.raises(ValueError, match=named.split(":")[0]):
+        AugmentParams(repo=str(repo), overrides=overrides)
+
+
+# --- retries and failures -----------------------------------------------------------------------------
+
+def test_stage_failing_once_is_retried(tmp_path, prefect_api, monkeypatch):
+    repo = make_toy_repo(tmp_path / "toy", ONE_STAGE)
+    monkeypatch.setenv("TOY_FAIL_ONCE", str(repo / "first-attempt.marker"))
+    state, run_id = run_flow(repo=str(repo), retries=2, retry_delay_seconds=0)
+    assert state.is_completed(), state.message
+    assert state.result().status_of() == {"prepare": "ran"}
+    assert eventually(lambda: getattr(task_runs_of(run_id).get("prepare"), "run_count", 0) == 2)
+    assert (repo / "first-attempt.marker").exists()
+
+
+def test_stage_failing_for_good_fails_the_flow_with_its_stderr(tmp_path, prefect_api, monkeypatch):
+    repo = make_toy_repo(tmp_path / "toy", ONE_STAGE)
+    monkeypatch.setenv("TOY_FAIL", "prepare")
+    state, run_id = run_flow(repo=str(repo), retries=1, retry_delay_seconds=0)
+    assert state.is_failed()
+    assert "stage 'prepare' failed" in state.message
+    assert "toy: prepare is broken on purpose" in state.message
+    # tried, retried, gave up
+    assert eventually(lambda: getattr(task_runs_of(run_id).get("prepare"), "run_count", 0) == 2)
+    assert error_logs_of(run_id, "toy: prepare is broken on purpose")
+
+
+# --- scale-out and concurrency ------------------------------------------------------------------------
+
+def test_independent_stages_run_concurrently_on_dask(tmp_path, prefect_api, monkeypatch):
+    repo = make_toy_repo(tmp_path / "toy")
+    monkeypatch.setenv("TOY_SLEEP", "3")
+    on_dask = augment.with_options(task_runner=dask_task_runner(threads=2))
+    state, _ = run_flow(on_dask, repo=str(repo), parallel=True, retries=0)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary.status_of() == {s: "ran" for s in read_dag(repo).order}
+    base, aug = (json.loads((repo / f"timing/{v}.json").read_text()) for v in ("baseline", "augmented"))
+    assert base["start"] < aug["end"] and aug["start"] < base["end"], "the finetune variants did not overlap"
+    by_stage = {r.stage: r for r in summary.stages}
+    assert by_stage["evaluate"].started >= max(by_stage[f"finetune@{v}"].finished for v in ("baseline", "augmented"))
+    assert by_stage["finetune@baseline"].started >= by_stage["prepare"].finished
+    assert "up to date" in dvc(repo, "status")
+
+
+def test_two_flow_runs_at_once_are_serialised(tmp_path, prefect_api, monkeypatch):
+    repo = make_toy_repo(tmp_path / "toy")
+    monkeypatch.setenv("TOY_SLEEP", "1")
+    states: list = [None, None]
+
+    def start(i: int) -> None:
+        states[i] = augment(params={"repo": str(repo), "retries": 0}, return_state=True)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(s.is_completed() for s in states), [s.message for s in states]
+    first, second = sorted((s.result() for s in states), key=lambda r: r.stages[0].started)
+    assert set(first.status_of().values()) == {"ran"}
+    assert set(second.status_of().values()) == {"skipped"}
+    assert second.stages[0].started >= first.stages[-1].finished  # one whole run after the other
+    assert "up to date" in dvc(repo, "status")
+
+
+def test_experiments_saved_at_the_same_moment_from_two_workspaces_both_land(tmp_path):
+    # bare `dvc exp save` in two worktrees of one repo at once fails ("'NoneType' object is not
+    # subscriptable"): save_experiment serialises them
+    from contextlib import ExitStack
+
+    from pipeline.dvc_cli import run_dvc
+    from pipeline.workspace import experiment_workspace, save_experiment
+
+    repo = make_toy_repo(tmp_path / "toy", ONE_STAGE)
+    with ExitStack() as stack:
+        workspaces = [stack.enter_context(experiment_workspace(repo, {"data.shots": n}, print)) for n in (3, 4)]
+        for ws in workspaces:
+            run_dvc(ws.root, "repro")
+        names: list[str] = []
+        threads = [threading.Thread(target=lambda ws=ws, n=n: names.append(save_experiment(ws, f"shots-{n}", print)))
+                   for ws, n in zip(workspaces, (3, 4))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sorted(names) == ["shots-3", "shots-4"]
+    assert sorted(dvc(repo, "exp", "list", "--name-only").split()) == ["shots-3", "shots-4"]
+    assert git(repo, "worktree", "list").count("\n") == 1
+
+
+# --- deployments --------------------------------------------------------------------------------------
+
+def test_deployments_nightly_cron_and_manual(tmp_path, prefect_api):
+    repo = make_toy_repo(tmp_path / "toy", ONE_STAGE)
+    params = AugmentParams(repo=str(repo), overrides={"data.shots": 5})
+    nightly, manual = build_deployments(params)
+    assert (nightly.name, manual.name) == (NIGHTLY, MANUAL)
+    assert [s.schedule.cron for s in nightly.schedules] == [DEFAULT_CRON] == ["0 2 * * *"]
+    assert nightly.schedules[0].schedule.timezone == "UTC"
+    assert manual.schedules == []
+    for dep in (nightly, manual):
+        assert dep.parameters == {"params": params.model_dump(mode="json")}
+        assert dep.parameters["params"]["overrides"] == {"data.shots": 5}
+        assert dep.entrypoint == "pipeline.flow.augment"
+
+    # registered with the (test) API, the schedule and the parameter schema are what the server keeps
+    with get_client(sync_client=True) as client:
+        stored = client.read_deployment(nightly.apply())
+    assert [s.schedule.cron for s in stored.schedules] == ["0 2 * * *"]
+    assert "params" in stored.parameter_openapi_schema["properties"]
+    assert stored.parameters["params"]["repo"] == str(repo)
+
+    nightly_8pm, _ = build_deployments(params, cron="0 20 * * *", timezone="Europe/Berlin")
+    assert nightly_8pm.schedules[0].schedule.cron == "0 20 * * *"
+    assert nightly_8pm.schedules[0].schedule.timezone == "Europe/Berlin"
+
+
+def test_yaml_overrides_are_written_into_the_experiment_params_only(tmp_path):
+    from pipeline.overrides import write_overrides
+
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    write_overrides(params, {"data.shots": 5, "data.target_classes": [5, 6]})
+    text = params.read_text()
+    assert "# labelled target images per class" in text  # comments kept
+    loaded = yaml.safe_load(text)
+    assert loaded["data"]["shots"] == 5 and loaded["data"]["target_classes"] == [5, 6]
+    assert loaded["gan"] == yaml.safe_load((ROOT / "params.yaml").read_text())["gan"]
+
+
+def test_report_says_what_a_smaller_pipeline_did_not_produce(tmp_path):
+    from pipeline.models import RunSummary, StageResult
+    from pipeline.report import per_class_f1, render_markdown
+
+    stage = StageResult(stage="prepare", status="skipped", detail="up to date", seconds=0.84, started=0, finished=1)
+    summary = RunSummary(project=str(tmp_path), workspace=str(tmp_path), experiment=None,
+                         overrides={"data.shots": 5}, stages=[stage], seconds=1.0)
+    report = render_markdown(summary, tmp_path)
+    assert "No `metrics/eval.json` in this run's workspace." in report
+    assert "Synthetic images: n/a" in report
+    assert "- Overrides: `data.shots=5`" in report
+    assert "| prepare | skipped (up to date) | 0.8 s |" in report
+    assert per_class_f1(tmp_path) is None
