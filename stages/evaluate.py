@@ -1,10 +1,13 @@
 """Stage `evaluate`: accuracy and macro-F1 of every fine-tuned variant on the held-out real test set.
 
-Writes `metrics/eval.json` (DVC metrics: per variant accuracy and macro-F1,
-and for each variant its difference from `baseline` with a paired-bootstrap
-95% interval), `reports/eval.md` (the same in words, including "synthetic data
-did not help" when that is what the numbers say), `reports/per_class.csv`, and
-a confusion matrix per variant as PNG and as a DVC confusion plot (CSV).
+Writes `metrics/eval.json` (DVC metrics: per variant accuracy and macro-F1;
+under `vs_baseline` each variant's difference from `baseline` (real shots, no
+augmentation) and under `vs_classical` each GAN variant's difference from
+`classical` (real shots, classical augmentation), with paired-bootstrap 95%
+intervals), `reports/eval.md` (the same in words: which variant is best, and
+"did not clearly help" when that is what the numbers say),
+`reports/per_class.csv`, and a confusion matrix per variant as PNG and as a DVC
+confusion plot (CSV).
 """
 from __future__ import annotations
 
@@ -23,15 +26,16 @@ from stages.metrics import bootstrap_delta, classification_metrics, save_confusi
 from stages.params import EvalParams, load_params
 from stages.runtime import pick_device
 
-BASELINE = "baseline"
+BASELINE = "baseline"  # real shots, no augmentation
+CLASSICAL = "classical"  # real shots, classical augmentation
 
 
-def verdict(name: str, delta: float, lo: float, hi: float) -> str:
+def verdict(name: str, delta: float, lo: float, hi: float, ref: str = BASELINE) -> str:
     if lo > 0:
-        return f"{name} helped: macro-F1 {delta:+.3f} over baseline (95% CI {lo:+.3f} to {hi:+.3f})."
+        return f"{name} helped: macro-F1 {delta:+.3f} over {ref} (95% CI {lo:+.3f} to {hi:+.3f})."
     if hi < 0:
-        return f"{name} hurt: macro-F1 {delta:+.3f} against baseline (95% CI {lo:+.3f} to {hi:+.3f})."
-    return (f"{name} did not clearly help: macro-F1 {delta:+.3f} against baseline, "
+        return f"{name} hurt: macro-F1 {delta:+.3f} against {ref} (95% CI {lo:+.3f} to {hi:+.3f})."
+    return (f"{name} did not clearly help: macro-F1 {delta:+.3f} against {ref}, "
             f"95% CI {lo:+.3f} to {hi:+.3f} includes 0.")
 
 
@@ -48,22 +52,31 @@ def evaluate(models: dict[str, Path], test: ImageSet, p: EvalParams, device) -> 
     return results, preds
 
 
-def compare(results: dict, preds: dict, test: ImageSet) -> dict:
-    """Each variant minus baseline, with a paired-bootstrap 95% interval."""
-    if BASELINE not in preds:
+def compare(results: dict, preds: dict, test: ImageSet, ref: str = BASELINE,
+            skip: tuple[str, ...] = ()) -> dict:
+    """Each variant (but `ref` and `skip`) minus `ref`, with a paired-bootstrap 95% interval; {} without `ref`."""
+    if ref not in preds:
         return {}
     out = {}
     for name in preds:
-        if name == BASELINE:
+        if name == ref or name in skip:
             continue
-        ci = bootstrap_delta(test.y, preds[BASELINE], preds[name], len(test.class_names))
-        out[name] = {m: {"delta": results[name][m] - results[BASELINE][m], **ci[m]} for m in ("accuracy", "macro_f1")}
+        ci = bootstrap_delta(test.y, preds[ref], preds[name], len(test.class_names))
+        out[name] = {m: {"delta": results[name][m] - results[ref][m], **ci[m]} for m in ("accuracy", "macro_f1")}
     return out
 
 
-def write_outputs(results: dict, deltas: dict, test: ImageSet, out: Path = Path(".")) -> None:
+def compare_classical(results: dict, preds: dict, test: ImageSet) -> dict:
+    """The GAN variants minus `classical` (is a GAN worth it over classical augmentation alone?)."""
+    return compare(results, preds, test, ref=CLASSICAL, skip=(BASELINE,))
+
+
+def write_outputs(results: dict, deltas: dict, test: ImageSet, out: Path = Path("."),
+                  vs_classical: dict | None = None) -> None:
     summary = {n: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for n, r in results.items()}
     summary["vs_baseline"] = deltas
+    if vs_classical:
+        summary["vs_classical"] = vs_classical
     summary["n_test"] = len(test)
     write_json(out / "metrics/eval.json", summary)
     rows = [{"variant": n, "class": c, **v} for n, r in results.items() for c, v in r["per_class"].items()]
@@ -77,17 +90,32 @@ def write_outputs(results: dict, deltas: dict, test: ImageSet, out: Path = Path(
         with atomic_file(out / f"plots/confusion_{name}.csv") as tmp:
             pd.DataFrame(pairs, columns=["actual", "predicted"]).to_csv(tmp, index=False)
     with atomic_file(out / "reports/eval.md") as tmp:
-        tmp.write_text(render_report(results, deltas, test))
+        tmp.write_text(render_report(results, deltas, test, vs_classical or {}))
 
 
-def render_report(results: dict, deltas: dict, test: ImageSet) -> str:
+def best_line(results: dict, deltas: dict) -> str:
+    """Which variant has the highest macro-F1, and whether its lead over baseline is beyond noise."""
+    best = max(results, key=lambda n: results[n]["macro_f1"])  # on a tie, the first listed (baseline first)
+    line = f"Best macro-F1: {best} ({results[best]['macro_f1']:.4f})"
+    if best == BASELINE:
+        return line + "; no variant beat the real-only baseline."
+    if best not in deltas:
+        return line + "."
+    f1 = deltas[best]["macro_f1"]
+    sure = "beyond" if f1["ci95_low"] > 0 else "within"
+    return line + (f", {f1['delta']:+.4f} over {BASELINE}, {sure} the 95% bootstrap interval "
+                   f"({f1['ci95_low']:+.4f} to {f1['ci95_high']:+.4f}).")
+
+
+def render_report(results: dict, deltas: dict, test: ImageSet, vs_classical: dict | None = None) -> str:
     lines = ["# ganaug evaluation", "", f"Held-out real test set: {len(test)} images, {len(test.class_names)} classes.", "",
              "| variant | accuracy | macro-F1 |", "|---|---|---|"]
     lines += [f"| {n} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} |" for n, r in results.items()]
-    lines += [""]
-    for name, d in deltas.items():
-        f1 = d["macro_f1"]
-        lines.append("- " + verdict(name, f1["delta"], f1["ci95_low"], f1["ci95_high"]))
+    lines += ["", best_line(results, deltas), ""]
+    for ref, table in ((BASELINE, deltas), (CLASSICAL, vs_classical or {})):
+        for name, d in table.items():
+            f1 = d["macro_f1"]
+            lines.append("- " + verdict(name, f1["delta"], f1["ci95_low"], f1["ci95_high"], ref))
     return "\n".join(lines) + "\n"
 
 
@@ -100,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     test = load_prepared("data/prepared/target_test.npz")
     results, preds = evaluate({m.stem: m for m in args.models}, test, p, pick_device())
     deltas = compare(results, preds, test)
-    write_outputs(results, deltas, test)
+    write_outputs(results, deltas, test, vs_classical=compare_classical(results, preds, test))
     for n, r in results.items():
         print(f"evaluate[{n}]: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}")
     print("evaluate: report in reports/eval.md, metrics in metrics/eval.json, plots in plots/")

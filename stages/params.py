@@ -18,6 +18,7 @@ ClassRef = Union[int, str]  # a class index into the dataset's sorted classes, o
 
 CLASSIFIER_ARCHS = ("convnet", "resnet18", "resnet34", "mobilenet_v3_small")
 DIFFAUG_OPS = ("color", "translation", "cutout")
+AUGMENT_POLICIES = ("none", "trivialaugment", "randaugment")  # stages/classical_aug.py POLICIES
 
 
 class ParamsError(UserError):
@@ -87,10 +88,29 @@ class GanParams(_Section):
     beta1: float = Field(0.0, ge=0, lt=1)
     beta2: float = Field(0.99, ge=0, lt=1)
     diffaug: str = "color,translation,cutout"
-    ema_decay: float = Field(0.999, ge=0, lt=1)
+    ema_decay: float = Field(0.99, ge=0, lt=1)
     ema_start: int = Field(100, ge=0)
     checkpoint_every: int = Field(250, ge=1)
     seed: int = Field(0, ge=0, le=SEED_MAX)
+    # GAN transfer: start from the GAN trained on the source set (stage pretrain_gan -> models/gan_source.pt)
+    init: Literal["scratch", "source"] = "scratch"
+    source_steps: int = Field(1500, ge=1)  # pretrain_gan's steps (only with init: source)
+    freeze: Literal["none", "d_lower", "alternate"] = "none"  # d_lower: FreezeD; alternate: D-only, then G-only phases
+    freeze_d_blocks: int = Field(2, ge=1, le=4)  # freeze=d_lower: how many of D's 4 conv layers (from the input) stay fixed
+    alternate_steps: int = Field(100, ge=1)  # freeze=alternate: steps per phase
+    lr_schedule: Literal["constant", "exp"] = "constant"  # exp: lr_t = lr_0 * exp(-lr_gamma * t)
+    lr_gamma: float = Field(0.001, ge=0)
+    average_last: int = Field(0, ge=0)  # > 0: also export the mean of G's last k snapshots (synth.generator: average)
+    average_every: int = Field(100, ge=1)  # steps between those snapshots
+
+    @model_validator(mode="after")
+    def _freeze_d_needs_source(self) -> "GanParams":
+        if self.freeze == "d_lower" and self.init != "source":
+            raise ValueError("freeze 'd_lower' fine-tunes a pretrained discriminator: it needs init 'source'")
+        if self.average_last > 1 and (self.average_last - 1) * self.average_every >= self.steps:
+            raise ValueError(f"average_last={self.average_last} snapshots every {self.average_every} steps "
+                             f"do not fit in steps={self.steps}")
+        return self
 
     @field_validator("diffaug")
     @classmethod
@@ -102,9 +122,24 @@ class GanParams(_Section):
 
 
 class SynthParams(_Section):
-    per_class: int = Field(100, ge=0)
+    per_class: Optional[int] = Field(100, ge=0)  # synthetic images per class; or null with `ratio`
+    ratio: Optional[float] = Field(None, ge=0)  # synthetic images per real shot of the class; or null with `per_class`
+    truncation: Optional[float] = Field(None, gt=0)  # redraw noise entries with |z| > truncation; null = off
+    generator: Literal["ema", "average", "raw"] = "ema"  # which weights of models/gan.pt to sample from
+    filter: Literal["none", "confidence", "top_fraction"] = "none"  # judged by models/finetune/baseline.pt
+    min_confidence: float = Field(0.5, ge=0, le=1)  # filter=confidence: keep p(intended class) >= this
+    keep_fraction: float = Field(0.5, gt=0, le=1)  # filter=top_fraction: keep this top fraction of the candidates
+    max_factor: float = Field(4.0, ge=1)  # generate at most max_factor x the quota per class
+    min_nn_distance: float = Field(0.0, ge=0)  # drop candidates closer than this to a real shot (feature space)
     batch_size: int = Field(256, ge=1)
     seed: int = Field(0, ge=0, le=SEED_MAX)
+
+    @model_validator(mode="after")
+    def _one_quota(self) -> "SynthParams":
+        if (self.per_class is None) == (self.ratio is None):
+            raise ValueError("set exactly one of per_class and ratio (the other to null), "
+                             f"got per_class={self.per_class}, ratio={self.ratio}")
+        return self
 
 
 class FinetuneParams(_Section):
@@ -114,6 +149,8 @@ class FinetuneParams(_Section):
     backbone_lr_mult: float = Field(0.1, ge=0)
     weight_decay: float = Field(5e-4, ge=0)
     checkpoint_every: int = Field(100, ge=1)  # steps between resumable checkpoints (checkpoints/finetune/)
+    # classical augmentation policy of the *_classical finetune variants (the others use none)
+    augment: Literal[AUGMENT_POLICIES] = "trivialaugment"  # type: ignore[valid-type]
     seed: int = Field(0, ge=0, le=SEED_MAX)
 
 

@@ -9,13 +9,36 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from stages.errors import UserError
+
 
 def pick_device() -> torch.device:
-    """CUDA when present, else CPU; `GANAUG_DEVICE` overrides (e.g. `cpu`)."""
+    """CUDA when present, else CPU; `GANAUG_DEVICE` overrides (e.g. `cpu`). Also sets torch's threads (`configure_threads`)."""
     name = os.environ.get("GANAUG_DEVICE")
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    configure_threads(device)
+    return device
+
+
+def configure_threads(device: torch.device) -> int:
+    """Torch's intra-op threads for this process: `GANAUG_THREADS` if set, else 1 on the CPU; return the count.
+
+    ganaug's default nets are small (16x16 images, under a million parameters):
+    a second thread buys little, and when the cores are shared (other stages run
+    in parallel, other users) OpenMP's threads wait on each other and a step gets
+    several times slower (measured in docs/benchmarks.md, `bench/throughput.py`).
+    Set `GANAUG_THREADS` (e.g. to the core count) for bigger models on an idle machine.
+    On a GPU the setting is left alone unless `GANAUG_THREADS` is set.
+    """
+    value = os.environ.get("GANAUG_THREADS", "").strip()
+    if not value and device.type != "cpu":
+        return torch.get_num_threads()
+    if value and (not value.isdigit() or int(value) < 1):
+        raise UserError(f"GANAUG_THREADS: expected a positive integer, got {value!r}")
+    n = int(value) if value else 1
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
 
 
 def seed_everything(seed: int) -> torch.Generator:

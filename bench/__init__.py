@@ -1,0 +1,1 @@
+"""Benchmarks: uplift (does GAN augmentation help?) and throughput (how fast?). See docs/benchmarks.md."""

@@ -1,0 +1,359 @@
+"""Does GAN augmentation help, against the alternatives a user would pick? (issue #5)
+
+Every (dataset, seed) gets a throw-away copy of the project (git + DVC); for
+each shot count its params.yaml is rewritten and the pipeline runs with
+`dvc repro`, exactly as a user would. DVC reruns only what changed, so one
+pretrained classifier per (dataset, seed) serves all its shot counts. The
+variants are dvc.yaml's `finetune` foreach (real-only, real + classical,
+real + GAN, real + GAN + classical: same optimiser-step budget and seed), scored
+by the `evaluate` stage (`metrics/eval.json`, with its paired-bootstrap
+intervals); GAN quality (CAS, KID, precision/recall) comes from the
+`gan_metrics` stage (`metrics/gan.json`). A seed changes the shot sample and
+every training seed. Stage wall times are read off `dvc repro`'s output as it
+streams.
+
+    .venv/bin/python -m bench.uplift --quick      # 1 seed, 5 and 20 shots, 3 datasets: < 30 min on 2 cores
+    .venv/bin/python -m bench.uplift              # 3 seeds, 5/10/20/50 shots: hours
+
+Datasets (all at the pipeline's default 16x16; `--set data.image_size=28` for
+more detail at about 3x the GAN cost): `fashion` (Fashion-MNIST, source classes
+0-4, novel target classes 5-9), `digits` (the embedded 8x8 digits, 0-4 -> 5-9)
+and `mnist_usps` (MNIST -> USPS, all 10 classes). Fashion-MNIST, MNIST and
+USPS are read from `GANAUG_SHARED_DATA` (default `../shared/data`); a dataset
+whose files are absent is skipped, with the reason printed and in the report.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from bench.common import (DOC, ROOT, Skip, command_line, deep_update, fmt_ci, fmt_delta, machine, make_project,
+                          markdown_table, mean_ci, parse_overrides, shared_file, tool_env, usable_cores, write_section)
+from pipeline.dag import StageDag, read_dag
+
+QUICK = {"seeds": [0], "shots": [5, 20]}
+FULL = {"seeds": [0, 1, 2], "shots": [5, 10, 20, 50]}
+DATASETS = ("fashion", "digits", "mnist_usps")
+BASELINE, CLASSICAL = "baseline", "classical"
+LABELS = {BASELINE: "real-only", CLASSICAL: "real + classical", "augmented": "real + GAN",
+          "augmented_classical": "real + GAN + classical"}
+_RUNNING = re.compile(r"^Running stage '([^']+)'")
+_STAGE_DONE = re.compile(r"^(Updating|Generating) lock file")
+
+
+def scenario(name: str) -> dict:
+    """The `data:` params of a benchmark dataset (Skip when its files are absent)."""
+    if name == "digits":
+        return {"source": "digits", "target": "digits", "target_test": None,
+                "source_classes": [0, 1, 2, 3, 4], "target_classes": [5, 6, 7, 8, 9], "image_size": 16}
+    if name == "fashion":
+        train = shared_file("fashion_mnist_train.npz")
+        return {"source": train, "target": train, "target_test": shared_file("fashion_mnist_test.npz"),
+                "source_classes": [0, 1, 2, 3, 4], "target_classes": [5, 6, 7, 8, 9], "image_size": 16}
+    if name == "mnist_usps":
+        return {"source": shared_file("mnist_train.npz"), "target": shared_file("usps_train.npz"),
+                "target_test": shared_file("usps_test.npz"), "source_classes": None, "target_classes": None,
+                "image_size": 16}
+    raise SystemExit(f"error: unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+
+
+def cell_params(base: dict, data: dict, shots: int, seed: int, overrides: dict) -> dict:
+    """params.yaml of one cell: the base, the dataset, the shot count, `seed` for every stage, then the overrides."""
+    seeds = {s: {"seed": seed} for s in ("classifier", "gan", "synth", "finetune")}
+    return deep_update(deep_update(base, {"data": {**data, "shots": shots, "seed": seed}, **seeds}), overrides)
+
+
+# ---------------------------------------------------------------- running the pipeline
+
+def repro_timed(project: Path, threads: int) -> dict[str, float]:
+    """`dvc repro` in `project`; wall seconds of every stage that ran (start line to its lock-file line)."""
+    env = {**tool_env(), "PYTHONUNBUFFERED": "1", "GANAUG_THREADS": str(threads)}
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seconds, current, start, tail = {}, None, 0.0, []
+    for line in proc.stdout:
+        now = time.perf_counter()
+        tail = (tail + [line])[-60:]
+        if m := _RUNNING.match(line):
+            current, start = m.group(1), now
+        elif current and _STAGE_DONE.match(line):
+            seconds[current], current = round(now - start, 2), None
+    if proc.wait() != 0:
+        raise RuntimeError(f"dvc repro failed in {project}:\n{''.join(tail)}")
+    return seconds
+
+
+def variant_stages(dag: StageDag, variant: str) -> set[str]:
+    """The stages a variant needs beyond what every variant needs (the real-only variant's upstream)."""
+    def upstream(stage: str) -> set[str]:
+        out, todo = set(), [stage]
+        while todo:
+            for u in dag.upstream[todo.pop()]:
+                if u not in out:
+                    out.add(u)
+                    todo.append(u)
+        return out
+    return (upstream(f"finetune@{variant}") | {f"finetune@{variant}"}) - upstream(f"finetune@{BASELINE}")
+
+
+def collect(project: Path, dag: StageDag, seconds: dict[str, float]) -> dict:
+    """One cell's numbers from the files the stages wrote."""
+    ev = json.loads((project / "metrics/eval.json").read_text())
+    prepared = json.loads((project / "data/prepared/manifest.json").read_text())
+    variants = [k for k, v in ev.items() if isinstance(v, dict) and "macro_f1" in v]
+    out = {
+        "n_real": sum(prepared["counts"]["target_train"].values()), "n_test": ev["n_test"],
+        "n_synthetic": int((pd.read_parquet(project / "data/synthetic/manifest.parquet")["origin"] == "synthetic").sum()),
+        "metrics": {v: {"accuracy": ev[v]["accuracy"], "macro_f1": ev[v]["macro_f1"]} for v in variants},
+        "vs_baseline": ev.get("vs_baseline", {}), "vs_classical": ev.get("vs_classical", {}),
+        "stage_seconds": seconds,
+        "variant_seconds": {v: round(sum(seconds.get(s, 0.0) for s in variant_stages(dag, v)), 2) for v in variants},
+    }
+    gan_json = project / "metrics/gan.json"
+    if gan_json.is_file():
+        gm = json.loads(gan_json.read_text())
+        if gm.get("cas"):
+            out["cas"] = {k: gm["cas"]["synthetic"][k] for k in ("accuracy", "macro_f1")}
+        if gm.get("features"):
+            out["gan_quality"] = {k: gm["features"][k] for k in ("kid", "fid", "precision", "recall")}
+    return out
+
+
+@dataclass
+class Group:
+    """The cells of one (dataset, seed): one project copy, the shot counts run one after the other."""
+
+    dataset: str
+    seed: int
+    shots: list[int]
+    base: dict
+    data: dict
+    overrides: dict
+    work: Path
+    threads: int
+
+
+def run_group(g: Group) -> list[dict]:
+    project = make_project(g.work, cell_params(g.base, g.data, g.shots[0], g.seed, g.overrides))
+    dag = read_dag(project)
+    cells = []
+    for k in g.shots:
+        params = cell_params(g.base, g.data, k, g.seed, g.overrides)
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        t0 = time.perf_counter()
+        seconds = repro_timed(project, g.threads)
+        cell = {"dataset": g.dataset, "shots": k, "seed": g.seed, **collect(project, dag, seconds),
+                "seconds": round(time.perf_counter() - t0, 1)}
+        cells.append(cell)
+        f1 = {v: round(m["macro_f1"], 3) for v, m in cell["metrics"].items()}
+        print(f"uplift: {g.dataset} seed {g.seed} shots {k}: macro-F1 {f1} in {cell['seconds']:.0f} s", flush=True)
+    return cells
+
+
+def run_grid(datasets: list[str], shots: list[int], seeds: list[int], overrides: dict, work: Path,
+             workers: int, threads: int) -> dict:
+    """Every cell of the grid; {"cells": [...], "skipped": {dataset: reason}, "params": ..., "seconds": ...}."""
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    skipped, groups = {}, []
+    for d in datasets:
+        try:
+            data = scenario(d)
+        except Skip as exc:
+            skipped[d] = str(exc)
+            print(f"uplift: skipping {d}: {exc}", flush=True)
+            continue
+        groups += [Group(d, s, sorted(shots), base, data, overrides, work / f"{d}-seed{s}", threads) for s in seeds]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # each group's work runs in DVC's subprocesses
+        cells = [c for group in pool.map(run_group, groups) for c in group]
+    return {"cells": cells, "skipped": skipped, "params": deep_update(base, overrides),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+# ---------------------------------------------------------------- the report
+
+def _delta(cells: list[dict], variant: str, ref: str, table: str, metric: str) -> str:
+    """Mean delta with its 95% interval: over seeds (paired) with >= 2 seeds, else the test-set bootstrap."""
+    if variant == ref or any(variant not in c[table] for c in cells):
+        return "—"
+    if len(cells) >= 2:
+        m, h = mean_ci([c["metrics"][variant][metric] - c["metrics"][ref][metric] for c in cells])
+        return fmt_delta(m, m - h, m + h)
+    d = cells[0][table][variant][metric]
+    return fmt_delta(d["delta"], d["ci95_low"], d["ci95_high"])
+
+
+def _key(cell_or_row: dict) -> tuple:
+    d = cell_or_row["dataset"]
+    return (DATASETS.index(d) if d in DATASETS else len(DATASETS), d, cell_or_row["shots"])
+
+
+def _variant_order(name: str) -> tuple:
+    return (list(LABELS).index(name) if name in LABELS else len(LABELS), name)
+
+
+def aggregate(cells: list[dict]) -> list[dict]:
+    """One row per (dataset, shots, variant): means, intervals and deltas, formatted."""
+    rows = []
+    for key in sorted({_key(c) for c in cells}):
+        group = sorted((c for c in cells if _key(c) == key), key=lambda c: c["seed"])
+        for name in sorted(group[0]["metrics"], key=_variant_order):
+            f1 = mean_ci([c["metrics"][name]["macro_f1"] for c in group])
+            acc = mean_ci([c["metrics"][name]["accuracy"] for c in group])
+            rows.append({
+                "dataset": key[1], "shots": key[2], "variant": name, "seeds": len(group), "f1": f1[0],
+                "macro_f1": fmt_ci(*f1), "accuracy": fmt_ci(*acc),
+                "d_f1_base": _delta(group, name, BASELINE, "vs_baseline", "macro_f1"),
+                "d_acc_base": _delta(group, name, BASELINE, "vs_baseline", "accuracy"),
+                "d_f1_cls": _delta(group, name, CLASSICAL, "vs_classical", "macro_f1"),
+                "d_acc_cls": _delta(group, name, CLASSICAL, "vs_classical", "accuracy"),
+                "seconds": float(np.mean([c["variant_seconds"][name] for c in group])),
+            })
+    return rows
+
+
+def reading(rows: list[dict]) -> list[str]:
+    """Plain statements read off the tables (significant = the 95% interval excludes 0)."""
+    lines = []
+    for variant, col, label in [("augmented", "d_f1_base", "real + GAN vs real-only"),
+                                ("classical", "d_f1_base", "real + classical vs real-only"),
+                                ("augmented", "d_f1_cls", "real + GAN vs real + classical"),
+                                ("augmented_classical", "d_f1_cls", "real + GAN + classical vs real + classical")]:
+        sel = [r for r in rows if r["variant"] == variant and r[col] != "—"]
+        up = [f"{r['dataset']}/{r['shots']}" for r in sel if r[col].endswith("*") and r[col].startswith("+")]
+        down = [f"{r['dataset']}/{r['shots']}" for r in sel if r[col].endswith("*") and r[col].startswith("-")]
+        lines.append(f"- {label} (macro-F1): significantly better in {len(up)} of {len(sel)} cells"
+                     f"{' (' + ', '.join(up) + ')' if up else ''}, significantly worse in {len(down)}"
+                     f"{' (' + ', '.join(down) + ')' if down else ''}, not distinguishable in {len(sel) - len(up) - len(down)}.")
+    for dataset, shots in dict.fromkeys((r["dataset"], r["shots"]) for r in rows):
+        cell = [r for r in rows if (r["dataset"], r["shots"]) == (dataset, shots)]
+        top = max(r["f1"] for r in cell)
+        best = [LABELS.get(r["variant"], r["variant"]) for r in cell if r["f1"] == top]
+        lines.append(f"- {dataset}, {shots} shots: highest mean macro-F1 {top:.3f}: {' = '.join(best)}.")
+    return lines
+
+
+def _budget(p: dict) -> str:
+    synth = p["synth"]
+    quota = f"{synth['ratio']} per real image" if synth.get("ratio") is not None else f"{synth['per_class']} per class"
+    return (f"pretrain {p['classifier']['steps']} steps; GAN {p['gan']['steps']} steps (batch {p['gan']['batch_size']}, "
+            f"widths {p['gan']['g_width']}/{p['gan']['d_width']}, init {p['gan'].get('init', 'scratch')}); synthesis {quota} "
+            f"(filter {synth.get('filter', 'none')}); fine-tune {p['finetune']['steps']} steps (batch "
+            f"{p['finetune']['batch_size']}); classical policy `{p['finetune']['augment']}` + random crop (padding size/8)")
+
+
+def _stat(items: list[dict], key: str, digits: int = 3) -> str:
+    return fmt_ci(*mean_ci([x[key] for x in items]), digits=digits) if items else "n/a"
+
+
+def quality_table(cells: list[dict]) -> str:
+    rows = []
+    for key in sorted({_key(c) for c in cells}):
+        cs = [c for c in cells if _key(c) == key]
+        cas, q = [c["cas"] for c in cs if "cas" in c], [c["gan_quality"] for c in cs if "gan_quality" in c]
+        stat = _stat
+        rows.append([key[1], key[2], cs[0]["n_real"], cs[0]["n_synthetic"], cs[0]["n_test"], stat(cas, "accuracy"),
+                     stat(cas, "macro_f1"), stat(q, "kid", 4), stat(q, "precision", 2), stat(q, "recall", 2),
+                     f"{np.mean([c['stage_seconds'].get('train_gan', 0.0) for c in cs]):.0f}",
+                     f"{np.mean([c['seconds'] for c in cs]):.0f}"])
+    return markdown_table(["dataset", "shots", "real images", "synthetic images", "test images", "CAS accuracy",
+                           "CAS macro-F1", "KID", "precision", "recall", "train_gan s", "dvc repro s"], rows)
+
+
+def render(run: dict, mode: str, command: str) -> str:
+    rows, cells = aggregate(run["cells"]), run["cells"]
+    n_seeds = max((r["seeds"] for r in rows), default=0)
+    ci_note = ("mean ± 95% Student-t half-width over seeds; deltas paired over seeds" if n_seeds >= 2 else
+               "one seed, so no interval over seeds; the deltas carry the `evaluate` stage's paired-bootstrap 95% "
+               "interval over test images (test-set noise only, not shot-sampling or training noise)")
+    out = [
+        "## Uplift: does GAN augmentation help? (`bench/uplift.py`)", "",
+        f"- Command: `{command}`",
+        f"- Mode: {mode}; run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; total wall time "
+        f"{run['seconds'] / 60:.1f} min ({run['workers']} pipeline(s) at a time, GANAUG_THREADS={run['threads']})",
+        f"- Machine: {machine()}",
+        f"- Budget, the same for every variant: {_budget(run['params'])}",
+        f"- Intervals: {ci_note}. `*`: the 95% interval excludes 0.",
+        "- wall s: what a variant costs beyond real-only's own upstream (prepare, pretrain), from `dvc repro`'s stage "
+        "times: its fine-tuning, plus for the GAN variants GAN training, synthesis (which waits for the real-only "
+        "model as its judge) and concat.",
+    ]
+    out += [f"- Skipped {d}: {why}" for d, why in run["skipped"].items()]
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        out += ["", f"### {dataset}", "", markdown_table(
+            ["shots", "variant", "macro-F1", "accuracy", "Δ F1 vs real-only", "Δ acc vs real-only",
+             "Δ F1 vs real+classical", "Δ acc vs real+classical", "wall s"],
+            [[r["shots"], LABELS.get(r["variant"], r["variant"]), r["macro_f1"], r["accuracy"], r["d_f1_base"],
+              r["d_acc_base"], r["d_f1_cls"], r["d_acc_cls"], f"{r['seconds']:.0f}"] for r in rows if r["dataset"] == dataset])]
+    if cells:
+        out += ["", "### GAN quality and cost per cell", "", quality_table(cells), "",
+                "CAS: the pretrained classifier fine-tuned on the synthetic images only (same budget), accuracy on the "
+                "real test set; KID, precision and recall: synthetic vs real test images in the pretrained classifier's "
+                "feature space (`gan_metrics` stage, `metrics/gan.json`)."]
+    out += ["", "### Reading (generated from the numbers above)", "", *reading(rows)]
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- command line
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help=f"seeds {QUICK['seeds']}, shots {QUICK['shots']}")
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    ap.add_argument("--shots", nargs="+", type=int, help="shots per class (default: the mode's)")
+    ap.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the mode's)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override params.yaml in every cell, e.g. --set gan.steps=500 "
+                         "(a ratio sweep: --set synth.per_class=null --set synth.ratio=5)")
+    cores = usable_cores()
+    ap.add_argument("--jobs", type=int, default=cores, help="pipelines run at a time (default: the usable cores)")
+    ap.add_argument("--threads", type=int, help="GANAUG_THREADS of the stages (default: cores // jobs, at least 1)")
+    ap.add_argument("--out", type=Path, default=DOC, help="markdown file whose `uplift` section is (re)written")
+    ap.add_argument("--raw", type=Path, help="also write every cell's numbers as JSON here")
+    ap.add_argument("--work", type=Path, help="keep the project copies in this folder (default: a temporary one, removed)")
+    args = ap.parse_args(argv)
+    mode = QUICK if args.quick else FULL
+    args.mode = "quick" if args.quick else ("full" if not (args.shots or args.seeds) else "custom")
+    args.shots, args.seeds = args.shots or mode["shots"], args.seeds or mode["seeds"]
+    args.threads = args.threads or max(1, cores // max(args.jobs, 1))
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    args = parse_args(argv)
+    overrides = parse_overrides(args.overrides)
+    work = args.work or Path(tempfile.mkdtemp(prefix="ganaug-uplift-"))
+    try:
+        run = run_grid(args.datasets, args.shots, args.seeds, overrides, work, args.jobs, args.threads)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    run.update(workers=args.jobs, threads=args.threads)
+    mode = f"{args.mode} (seeds {args.seeds}, shots {args.shots}, datasets {', '.join(args.datasets)})"
+    body = render(run, mode, command_line())
+    write_section(args.out, "uplift", body)
+    if args.raw:
+        args.raw.parent.mkdir(parents=True, exist_ok=True)
+        args.raw.write_text(json.dumps(run, indent=2) + "\n")
+    print(body)
+    return run
+
+
+if __name__ == "__main__":
+    main()

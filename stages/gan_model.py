@@ -1,0 +1,201 @@
+"""The class-conditional GAN: generator, projection discriminator, hinge losses, sampling, loading.
+
+Generator: z -> linear -> (2W, S/4, S/4) -> [upsample x2, conv, conditional BN, ReLU] x 2
+-> conv -> tanh, with W = g_width. The class enters through conditional BatchNorm
+(a per-class gain and bias after every BatchNorm).
+
+Discriminator (Miyato & Koyama 2018): spectral-normed convs with LeakyReLU,
+downsampling twice, global sum pooling to features h, and the projection output
+`linear(h) + <embed(y), h>`.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.parametrizations import spectral_norm
+
+from stages.errors import UserError
+
+
+@dataclass
+class GanConfig:
+    n_classes: int
+    image_size: int
+    channels: int
+    z_dim: int = 64
+    g_width: int = 64
+    d_width: int = 64
+
+    def __post_init__(self) -> None:
+        if self.image_size % 4:
+            raise ValueError(f"image_size must be a multiple of 4 (the generator upsamples twice), got {self.image_size}")
+        if self.n_classes < 1 or self.channels not in (1, 3):
+            raise ValueError(f"need n_classes >= 1 and channels 1 or 3, got {self.n_classes}, {self.channels}")
+
+
+# ---------------------------------------------------------------- generator
+
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm without its own affine, followed by a per-class gain and bias."""
+
+    def __init__(self, channels: int, n_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, affine=False)
+        self.embed = nn.Embedding(n_classes, 2 * channels)
+        with torch.no_grad():
+            self.embed.weight[:, :channels].fill_(1.0)  # gains start at 1
+            self.embed.weight[:, channels:].zero_()  # biases start at 0
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        gain, bias = self.embed(y).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)  # (B, C, 1, 1) each
+        return self.bn(x) * gain + bias
+
+
+class UpBlock(nn.Module):
+    """Nearest upsample x2, 3x3 conv, conditional BN, ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, n_classes: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.norm = ConditionalBatchNorm2d(c_out, n_classes)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="nearest")  # (B, C_in, 2H, 2W)
+        return F.relu(self.norm(self.conv(x), y))  # (B, C_out, 2H, 2W)
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: GanConfig):
+        super().__init__()
+        self.cfg = cfg
+        w, self.base = cfg.g_width, cfg.image_size // 4
+        self.project = nn.Linear(cfg.z_dim, 2 * w * self.base * self.base, bias=False)
+        self.norm0 = ConditionalBatchNorm2d(2 * w, cfg.n_classes)
+        self.up1 = UpBlock(2 * w, w, cfg.n_classes)
+        self.up2 = UpBlock(w, w // 2, cfg.n_classes)
+        self.to_image = nn.Conv2d(w // 2, cfg.channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """z (B, z_dim), y (B,) long -> images (B, C, S, S) in [-1, 1]."""
+        x = self.project(z).view(len(z), -1, self.base, self.base)  # (B, 2W, S/4, S/4)
+        x = F.relu(self.norm0(x, y))
+        x = self.up1(x, y)  # (B, W, S/2, S/2)
+        x = self.up2(x, y)  # (B, W/2, S, S)
+        return torch.tanh(self.to_image(x))  # (B, C, S, S)
+
+
+# ---------------------------------------------------------------- discriminator
+
+class Discriminator(nn.Module):
+    def __init__(self, cfg: GanConfig):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.d_width
+        self.convs = nn.ModuleList([
+            spectral_norm(nn.Conv2d(cfg.channels, w // 2, 3, padding=1)),  # S
+            spectral_norm(nn.Conv2d(w // 2, w, 4, stride=2, padding=1)),  # S/2
+            spectral_norm(nn.Conv2d(w, 2 * w, 4, stride=2, padding=1)),  # S/4
+            spectral_norm(nn.Conv2d(2 * w, 2 * w, 3, padding=1)),  # S/4
+        ])
+        self.linear = spectral_norm(nn.Linear(2 * w, 1))
+        self.embed = spectral_norm(nn.Embedding(cfg.n_classes, 2 * w))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, S, S) -> globally sum-pooled features (B, 2W)."""
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.2)  # (B, C', H', W')
+        return x.sum(dim=(2, 3))  # (B, 2W)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, S, S), labels (B,) -> logits (B,)."""
+        h = self.features(x)  # (B, F)
+        return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)  # (B,)
+
+
+# ---------------------------------------------------------------- losses
+
+def d_hinge_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """mean(relu(1 - D(real))) + mean(relu(1 + D(fake)))."""
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+
+def g_hinge_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """-mean(D(fake))."""
+    return -fake_logits.mean()
+
+
+# ---------------------------------------------------------------- sampling and loading
+
+def truncated_noise(n: int, z_dim: int, g: torch.Generator, truncation: Optional[float] = None) -> torch.Tensor:
+    """(n, z_dim) standard normal noise; with `truncation` t, every entry with |z| > t is redrawn until none is left.
+
+    The truncation trick (Brock et al. 2019): a smaller t trades diversity for typical, cleaner samples.
+    """
+    z = torch.randn((n, z_dim), generator=g)
+    if truncation is None:
+        return z
+    while True:
+        bad = z.abs() > truncation
+        n_bad = int(bad.sum())
+        if n_bad == 0:
+            return z
+        z[bad] = torch.randn(n_bad, generator=g)
+
+
+@torch.no_grad()
+def sample(
+    generator_module: Generator,
+    labels: torch.Tensor,
+    z_dim: int,
+    g: torch.Generator,
+    device: torch.device,
+    batch_size: int,
+    truncation: Optional[float] = None,
+) -> torch.Tensor:
+    """Images (N, C, S, S) in [-1, 1] on the CPU for `labels` (N,), in eval mode.
+
+    All N noise vectors are drawn from `g` up front (see `truncated_noise`), so
+    image i depends only on the generator's state and i, not on `batch_size`.
+    """
+    cfg = generator_module.cfg
+    z = truncated_noise(len(labels), z_dim, g, truncation)  # (N, z_dim)
+    was_training = generator_module.training
+    generator_module.eval()
+    out = [
+        generator_module(z[i : i + batch_size].to(device), labels[i : i + batch_size].to(device)).cpu()
+        for i in range(0, len(labels), batch_size)
+    ]
+    generator_module.train(was_training)
+    return torch.cat(out) if out else torch.empty((0, cfg.channels, cfg.image_size, cfg.image_size))
+
+
+GENERATOR_KEYS = {"ema": "generator_ema", "average": "generator_average", "raw": "generator"}
+
+
+def load_generator(path: str | Path, which: str = "ema") -> tuple[Generator, GanConfig, list[str]]:
+    """(generator in eval mode, its config, class names) from a `models/gan.pt` written by train_gan.
+
+    `which`: `ema` (the exponential moving average of G), `average` (the mean of
+    the last `gan.average_last` snapshots) or `raw` (G's final weights).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: GAN checkpoint not found (run the train_gan stage first)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = GanConfig(**ckpt["config"])
+        net = Generator(cfg)
+        if which == "average" and GENERATOR_KEYS[which] not in ckpt:
+            raise UserError(f"{path}: synth.generator=average needs gan.average_last >= 1 when training the GAN")
+        net.load_state_dict(ckpt[GENERATOR_KEYS[which]])
+    except pickle.UnpicklingError:
+        raise UserError(f"{path}: not a GAN checkpoint written by train_gan (unreadable with weights_only=True)") from None
+    except (RuntimeError, KeyError, TypeError, ValueError, EOFError) as exc:
+        raise UserError(f"{path}: not a usable GAN checkpoint ({exc.__class__.__name__}: {exc})") from None
+    return net.eval(), cfg, [str(c) for c in ckpt["class_names"]]

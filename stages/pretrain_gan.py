@@ -1,0 +1,61 @@
+"""Stage `pretrain_gan`: the class-conditional GAN trained on the source set -> `models/gan_source.pt`.
+
+Only `gan.init: source` needs it. With `gan.init: scratch` (the default) the
+stage writes a small placeholder saying so in well under a second, so the
+default pipeline does not pay for a source GAN; `train_gan` refuses the
+placeholder if it is ever asked to start from it.
+
+The source GAN is trained by the same trainer as the target GAN
+(`stages.train_gan.train_gan`), for `gan.source_steps` steps, with the target-only
+knobs off (no freezing, no snapshot averaging); it is resumable the same way
+(checkpoints in `checkpoints/pretrain_gan/`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from stages.atomic import atomic_file
+from stages.data import ImageSet, load_prepared
+from stages.errors import exit_on_user_error
+from stages.params import GanParams, load_params
+from stages.runtime import pick_device
+from stages.train_gan import train_gan
+
+OUT = Path("models/gan_source.pt")
+PLACEHOLDER = {"placeholder": "gan.init is 'scratch': no source GAN was needed"}
+
+
+def source_params(p: GanParams) -> GanParams:
+    """The gan params of the source run: `source_steps` steps, from scratch, no freezing or averaging."""
+    d = GanParams()  # target-only knobs at their defaults, so they do not show up in gan_source.pt
+    return p.model_copy(update={"steps": p.source_steps, "init": "scratch", "freeze": "none", "average_last": 0,
+                                "freeze_d_blocks": d.freeze_d_blocks, "alternate_steps": d.alternate_steps,
+                                "average_every": d.average_every})
+
+
+def pretrain_gan(source: Optional[ImageSet], p: GanParams, out_path: Path, ckpt_dir: Path, device: torch.device) -> dict:
+    """Train the source GAN (init=source) or write the placeholder (init=scratch); return a summary."""
+    if p.init != "source":
+        with atomic_file(out_path) as tmp:
+            torch.save(PLACEHOLDER, tmp)
+        return {"placeholder": True, "out": str(out_path)}
+    return {"placeholder": False, **train_gan(source, source_params(p), out_path, ckpt_dir, device)}
+
+
+@exit_on_user_error
+def main() -> None:
+    p = load_params("params.yaml").gan
+    source = load_prepared("data/prepared/source.npz") if p.init == "source" else None
+    s = pretrain_gan(source, p, OUT, Path("checkpoints/pretrain_gan"), pick_device())
+    if s["placeholder"]:
+        print(f"pretrain_gan: gan.init is scratch, no source GAN trained -> placeholder {OUT}")
+        return
+    print(f"pretrain_gan: {s['steps']} steps on {len(source)} source images ({len(source.class_names)} classes) "
+          f"in {s['seconds']} s -> {s['out']}")
+
+
+if __name__ == "__main__":
+    main()

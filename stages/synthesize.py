@@ -1,0 +1,156 @@
+"""Stage `synthesize`: a generator of `models/gan.pt` -> `data/synthetic` + `plots/samples.png`.
+
+`data/synthetic/` is an ImageFolder tree (`<class>/syn_<i>.png`) with
+`manifest.parquet` (columns `MANIFEST_COLUMNS`) and `report.json` (per-class
+quota, kept, drawn and shortfall; the memorisation check). Rows are class-major.
+
+- Which weights: `synth.generator` = `ema` (default), `average` (mean of the
+  last `gan.average_last` snapshots) or `raw`.
+- How many: `synth.per_class`, or `synth.ratio` synthetic images per real shot.
+- Truncation trick: `synth.truncation` t redraws noise entries with |z| > t.
+- Filter (`stages/synth_filter.py`): candidates are judged by the classifier
+  fine-tuned on the real shots (`models/finetune/baseline.pt`): `synth.filter`
+  none | confidence | top_fraction, drawing more until the quota is met or
+  `synth.max_factor` x quota candidates were drawn (shortfalls in report.json).
+  Pixel-exact copies of a real shot, and candidates closer than
+  `synth.min_nn_distance` to one in that classifier's feature space, are dropped.
+
+All noise comes from one `torch.Generator` seeded with `synth.seed`, drawn in
+rounds of class-major candidates, so the result does not depend on
+`synth.batch_size`; with `filter: none` and no copies dropped, row i of the
+manifest is noise vector i, as before. `generator_sha256` is the sha256 of the gan.pt bytes.
+
+`plots/samples.png` shows the first 10 images of every class as written (or,
+when none are written, 10 preview samples per class that are not written anywhere).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stages.atomic import atomic_dir, atomic_file
+from stages.data import ImageSet, load_prepared, to_uint8
+from stages.errors import exit_on_user_error
+from stages.gan_model import Generator, load_generator, sample
+from stages.imagefolder import MANIFEST, MANIFEST_COLUMNS, write_pngs
+from stages.params import SynthParams, load_params
+from stages.runtime import pick_device
+from stages.synth_filter import generate_until_quota, load_judge, quotas
+
+GRID_COLUMNS = 10
+REPORT = "report.json"  # in data/synthetic: quotas, shortfalls, the filter and the copy check
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest_frame(paths: list[str], labels: np.ndarray, class_names: list[str], sha: str, seed: int) -> pd.DataFrame:
+    """The synthetic manifest, columns exactly MANIFEST_COLUMNS."""
+    df = pd.DataFrame({
+        "path": pd.Series(paths, dtype="str"),
+        "label": labels.astype("int64"),
+        "class_name": pd.Series([class_names[k] for k in labels], dtype="str"),
+        "origin": pd.Series(["synthetic"] * len(paths), dtype="str"),
+        "generator_sha256": pd.Series([sha] * len(paths), dtype="string"),
+        "seed": np.full(len(paths), seed, dtype="int64"),
+    })
+    return df[MANIFEST_COLUMNS]
+
+
+def grid_images(x: np.ndarray, labels: np.ndarray, n_classes: int, n_cols: int) -> np.ndarray:
+    """uint8 (N, C, S, S) -> one mosaic (K*(S+1)+1, n_cols*(S+1)+1, C): a row per class, 1-pixel gaps."""
+    c, s = x.shape[1], x.shape[-1]
+    mosaic = np.full((n_classes * (s + 1) + 1, n_cols * (s + 1) + 1, c), 128, dtype=np.uint8)
+    for k in range(n_classes):
+        for j, img in enumerate(x[labels == k][:n_cols]):
+            r, q = 1 + k * (s + 1), 1 + j * (s + 1)
+            mosaic[r : r + s, q : q + s] = img.transpose(1, 2, 0)
+    return mosaic
+
+
+def plot_samples(x: np.ndarray, labels: np.ndarray, class_names: list[str], title: str, path: Path) -> None:
+    """A grid of samples, one row per class labelled with the class name, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k, s = len(class_names), x.shape[-1]
+    n_cols = max(1, min(GRID_COLUMNS, int(np.bincount(labels, minlength=k).max(initial=0))))
+    mosaic = grid_images(x, labels, k, n_cols)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.55 * n_cols, 0.8 + 0.55 * k), dpi=100)
+    ax.imshow(mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_yticks([1 + r * (s + 1) + s / 2 - 0.5 for r in range(k)], labels=class_names)
+    ax.set_xticks([])
+    ax.tick_params(length=0)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _sampler(net: Generator, z_dim: int, p: SynthParams, device: torch.device):
+    """labels -> uint8 images; every call continues the one noise stream seeded with synth.seed."""
+    g = torch.Generator().manual_seed(p.seed)
+    return lambda labels: to_uint8(sample(net, labels, z_dim, g, device, p.batch_size, p.truncation))
+
+
+def synthesize(gan_path: Path, p: SynthParams, out_dir: Path, samples_png: Path, device: torch.device,
+               real: Optional[ImageSet] = None, judge_path: Optional[Path] = None) -> pd.DataFrame:
+    """Write the kept synthetic images, their manifest and `report.json` to `out_dir`, and the sample grid.
+
+    `real` (the target shots) sets the quotas of `synth.ratio`; with `judge_path`
+    (the classifier fine-tuned on them) candidates are filtered and checked for copies.
+    """
+    net, cfg, class_names = load_generator(gan_path, p.generator)
+    net.to(device)
+    judge = load_judge(judge_path, real, p.batch_size, device) if judge_path is not None and real is not None else None
+    counts = np.bincount(real.y, minlength=cfg.n_classes) if real is not None else None
+    quota = quotas(p, cfg.n_classes, counts)
+    x, y, rep = generate_until_quota(_sampler(net, cfg.z_dim, p, device), judge, quota, p)
+    if x is None:
+        x = np.zeros((0, cfg.channels, cfg.image_size, cfg.image_size), np.uint8)
+    rep["per_class"] = dict(zip(class_names, rep["per_class"].values()))
+    sha = file_sha256(gan_path)
+    with atomic_dir(out_dir) as tmp:
+        paths = write_pngs(tmp, x, y, class_names, stem="syn")
+        df = manifest_frame(paths, y, class_names, sha, p.seed)
+        df.to_parquet(tmp / MANIFEST, index=False)
+        (tmp / REPORT).write_text(json.dumps({**rep, "generator": p.generator, "truncation": p.truncation},
+                                             indent=2, sort_keys=True) + "\n")
+    title = f"synthetic samples ({p.generator} generator, seed {p.seed})"
+    if len(y) == 0:
+        labels = torch.arange(cfg.n_classes).repeat_interleave(GRID_COLUMNS)
+        x, y = _sampler(net, cfg.z_dim, p, device)(labels), labels.numpy()
+        title = f"preview only: no synthetic images kept or asked for (seed {p.seed})"
+    plot_samples(x, y, class_names, title, samples_png)
+    return df
+
+
+@exit_on_user_error
+def main() -> None:
+    p = load_params("params.yaml").synth
+    out_dir, png = Path("data/synthetic"), Path("plots/samples.png")
+    real = load_prepared("data/prepared/target_train.npz")
+    df = synthesize(Path("models/gan.pt"), p, out_dir, png, pick_device(), real, Path("models/finetune/baseline.pt"))
+    rep = json.loads((out_dir / REPORT).read_text())
+    short = f", short by {rep['shortfall']} (cap synth.max_factor={p.max_factor})" if rep["shortfall"] else ""
+    memo = rep["memorisation"] or {}
+    print(f"synthesize: {len(df)} images (filter {p.filter}{short}; dropped {memo.get('exact_copies', 0)} exact and "
+          f"{memo.get('near_copies_dropped', 0)} near copies) -> {out_dir}, grid -> {png}")
+
+
+if __name__ == "__main__":
+    main()

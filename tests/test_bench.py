@@ -1,0 +1,117 @@
+"""Smoke tests of the benchmarks on a tiny grid and tiny sizes (the real runs are not part of the suite)."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, tool_env
+
+sys.path.insert(0, str(ROOT))  # `bench` is a folder of scripts next to `stages`, not an installed package
+
+from bench.common import mean_ci, read_section, write_section  # noqa: E402
+from bench.throughput import measure_process  # noqa: E402
+
+TINY = ["--set", "classifier.steps=10", "--set", "classifier.width=8", "--set", "gan.steps=3", "--set", "gan.g_width=16",
+        "--set", "gan.d_width=16", "--set", "gan.batch_size=16", "--set", "synth.per_class=4", "--set", "finetune.steps=4",
+        "--set", "finetune.batch_size=16"]
+VARIANTS = ["real-only", "real + classical", "real + GAN", "real + GAN + classical"]
+NUMBER = r"[-+]?\d+\.\d+"
+
+
+def bench(module: str, args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", f"bench.{module}", *args], cwd=ROOT, env={**tool_env(), **(env or {})},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def table_rows(section: str, heading: str) -> list[list[str]]:
+    """The body rows of the markdown table right after `heading`."""
+    lines = section.split(heading, 1)[1].strip().splitlines()
+    rows = []
+    for line in lines:  # the first run of table lines
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        rows.append(line)
+    return [[c.strip() for c in row.strip("|").split("|")] for row in rows[2:]]  # without header and separator
+
+
+def test_uplift_on_a_tiny_grid_writes_a_table_of_every_variant(tmp_path):
+    doc, raw = tmp_path / "benchmarks.md", tmp_path / "uplift.json"
+    doc.write_text("# kept\n\nhand-written text stays\n")
+    bench("uplift", ["--datasets", "digits", "--shots", "3", "--seeds", "0", "--jobs", "1", *TINY,
+                     "--out", str(doc), "--raw", str(raw)])
+    section = read_section(doc, "uplift")
+    assert section and "hand-written text stays" in doc.read_text()
+    assert "-m bench.uplift --datasets digits --shots 3" in section and "CPU cores" in section
+    rows = table_rows(section, "### digits")
+    assert [r[1] for r in rows] == VARIANTS and all(r[0] == "3" for r in rows)
+    for r in rows:
+        for cell in r[2:4]:  # macro-F1, accuracy in [0, 1]
+            assert 0.0 <= float(cell) <= 1.0
+    assert re.fullmatch(rf"{NUMBER} \[{NUMBER}, {NUMBER}\]\*?", rows[2][4]), rows[2]  # real + GAN vs real-only
+    assert re.fullmatch(rf"{NUMBER} \[{NUMBER}, {NUMBER}\]\*?", rows[3][6]), rows[3]  # + classical vs real + classical
+    assert rows[0][4] == "—" and rows[1][6] == "—"
+    quality = table_rows(section, "### GAN quality and cost per cell")
+    assert quality[0][:5] == ["digits", "3", "15", "20", str(json.loads(raw.read_text())["cells"][0]["n_test"])]
+    assert 0.0 <= float(quality[0][5]) <= 1.0  # CAS accuracy
+    cells = json.loads(raw.read_text())["cells"]
+    assert len(cells) == 1 and set(cells[0]["metrics"]) == {"baseline", "classical", "augmented", "augmented_classical"}
+    assert all(math.isfinite(v) for m in cells[0]["metrics"].values() for v in m.values())
+    took = cells[0]["variant_seconds"]  # a GAN variant also pays for GAN training, synthesis and concat
+    assert took["augmented"] > took["baseline"] > 0 and cells[0]["stage_seconds"]["train_gan"] > 0
+    assert [float(r[8]) for r in rows] == [round(took[v]) for v in ("baseline", "classical", "augmented", "augmented_classical")]
+
+    bench("uplift", ["--datasets", "fashion", "--shots", "3", "--seeds", "0", "--out", str(doc)],
+          env={"GANAUG_SHARED_DATA": str(tmp_path / "absent")})
+    again = read_section(doc, "uplift")
+    assert "Skipped fashion:" in again and "absent/fashion_mnist_train.npz not found" in again
+    assert doc.read_text().count("bench:uplift:start") == 1  # regenerated, not appended
+
+
+def test_throughput_on_tiny_sizes_reports_ratios_and_rates(tmp_path):
+    doc, raw = tmp_path / "benchmarks.md", tmp_path / "throughput.json"
+    bench("throughput", ["--rounds", "1", "--gan-steps", "1", "--synth-per-class", "2", "--ft-steps", "2",
+                         "--no-compile", "--no-repro", "--set", "gan.g_width=16", "--set", "gan.d_width=16",
+                         "--set", "classifier.width=8", "--out", str(doc), "--raw", str(raw)])
+    section = read_section(doc, "throughput")
+    result = json.loads(raw.read_text())
+    gan = result["gan"]
+    assert abs(gan["params_reference"] - gan["params_ganaug"]) <= 0.05 * gan["params_ganaug"]
+    assert f"ganaug / reference: {gan['ratio_as_run']:.2f}x" in section
+    for part in ("gan", "synthesis", "finetune"):
+        rates = result[part]["images_per_s"]
+        assert len(rates) >= 2 and all(math.isfinite(v) and v > 0 for v in rates.values()), part
+    rows = table_rows(section, "| GAN training step")  # (the rest of the header line, the separator, the rows)
+    assert [r[0] for r in rows] == list(gan["images_per_s"]) and rows[0][2] == "1.00x"
+
+
+def test_measure_process_reports_wall_time_and_peak_rss_of_the_child(tmp_path):
+    grab = "import time; b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.2)"
+    m = measure_process([sys.executable, "-c", grab], tmp_path)
+    assert m["max_rss_mib"] >= 300 and m["seconds"] >= 0.2
+    with pytest.raises(RuntimeError, match="failed"):
+        measure_process([sys.executable, "-c", "raise SystemExit(3)"], tmp_path)
+
+
+def test_write_section_replaces_only_its_own_block(tmp_path):
+    doc = tmp_path / "b.md"
+    write_section(doc, "a", "first A")
+    write_section(doc, "b", "only B")
+    write_section(doc, "a", "second A")
+    text = doc.read_text()
+    assert read_section(doc, "a") == "second A" and read_section(doc, "b") == "only B"
+    assert "first A" not in text and text.startswith("# ganaug benchmarks")
+
+
+def test_mean_ci_is_the_student_t_interval():
+    m, h = mean_ci([1.0, 2.0, 3.0])
+    assert m == 2.0 and h == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)
+    assert mean_ci([0.5]) == (0.5, None)
