@@ -33,7 +33,7 @@ from stages.runtime import pick_device, seed_everything
 
 def finetune(classifier_path: Path, train: ImageSet, p: FinetuneParams, device: torch.device,
              live_dir: str | None = None, ckpt_path: Path | None = None, augment: str = "none"):
-    """Fine-tune the pretrained classifier on `train` with augmentation policy `augment`; return (model, config, summary).
+    """Fine-tune the pretrained classifier on `train` with policy `augment`; return (model, config, summary).
 
     `p.augment` is not read here: it is the policy dvc.yaml passes to the *_classical variants.
     """

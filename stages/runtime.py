@@ -13,7 +13,7 @@ from stages.errors import UserError
 
 
 def pick_device() -> torch.device:
-    """CUDA when present, else CPU; `GANAUG_DEVICE` overrides (e.g. `cpu`). Also sets torch's threads (`configure_threads`)."""
+    """CUDA when present, else CPU; `GANAUG_DEVICE` overrides (e.g. `cpu`). Sets torch's threads (`configure_threads`)."""
     name = os.environ.get("GANAUG_DEVICE")
     device = torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     configure_threads(device)
