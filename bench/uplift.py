@@ -13,7 +13,7 @@ every training seed. Stage wall times are read off `dvc repro`'s output as it
 streams.
 
     .venv/bin/python -m bench.uplift --quick      # 1 seed, 5 and 20 shots, 3 datasets: < 30 min on 2 cores
-    .venv/bin/python -m bench.uplift              # 3 seeds, 5/10/20/50 shots: hours
+    .venv/bin/python -m bench.uplift              # 3 seeds, 5/10/20/50 shots (36 runs): about an hour
 
 Datasets (all at the pipeline's default 16x16; `--set data.image_size=28` for
 more detail at about 3x the GAN cost): `fashion` (Fashion-MNIST, source classes
