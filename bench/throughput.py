@@ -9,7 +9,7 @@ rounds of images per second.
   conditional DCGAN written below as a user would (label embedding, transposed
   convs, BCE, `DataLoader`, `loss.item()` every step), scaled to the same
   parameter count (within 5%), batch and image size. Real images per second.
-- What speeds ganaug's step up on a CPU: torch threads, `channels_last`,
+- What speeds ganaug's step up on a CPU: torch threads, `channels_last`, fused Adam,
   `torch.compile` (steady state and the compile time it must win back).
 - Synthesis: `stages.synthesize.synthesize` (EMA generator, PNGs, manifest,
   sample grid) against generating with the reference G and saving PNGs with PIL.
@@ -154,15 +154,19 @@ class ReferenceLoop:
 
 # ---------------------------------------------------------------- ganaug's step, as train_gan runs it
 
-def ganaug_trainer(ds: ImageSet, p: Params, channels_last: bool = False, compile_nets: bool = False) -> GanTrainer:
+def ganaug_trainer(ds: ImageSet, p: Params, channels_last: bool = True, fused: bool = True,
+                   compile_nets: bool = False) -> GanTrainer:
+    """train_gan's trainer on `ds`; `channels_last=False` / `fused=False` undo those two settings to measure them."""
     cfg = GanConfig(len(ds.class_names), ds.x.shape[-1], ds.x.shape[1], p.gan.z_dim, p.gan.g_width, p.gan.d_width)
-    x = to_float(ds.x)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    trainer = GanTrainer(cfg, p.gan, BalancedBatches(x, torch.as_tensor(np.array(ds.y)), cfg.n_classes), CPU)
-    if channels_last:
+    trainer = GanTrainer(cfg, p.gan, BalancedBatches(to_float(ds.x), torch.as_tensor(np.array(ds.y)), cfg.n_classes), CPU)
+    if not channels_last:
+        trainer.memory_format = torch.contiguous_format
         for net in (trainer.g_net, trainer.d_net, trainer.g_ema):
-            net.to(memory_format=torch.channels_last)
+            net.to(memory_format=torch.contiguous_format)
+    if not fused:
+        for opt in (trainer.opt_g, trainer.opt_d):
+            for group in opt.param_groups:
+                group["fused"] = False
     if compile_nets:
         trainer.g_net = torch.compile(trainer.g_net)
         trainer.d_net = torch.compile(trainer.d_net)
@@ -274,30 +278,36 @@ def measure_gan(s: Setup, compile_nets: bool) -> dict:
     cfg, n, d = trainer.g_net.cfg, s.threads, s.default_threads
     target = n_params(trainer.g_net, trainer.d_net)
     ref = ReferenceLoop(s.ds, cfg, target, s.p.gan.batch_size)
+    bf16 = s.p.model_copy(update={"gan": s.p.gan.model_copy(update={"precision": "bf16"})})
 
     def reference(lean: bool = False) -> Callable[[int], None]:
         return ref_runner(ReferenceLoop(s.ds, cfg, target, s.p.gan.batch_size, lean=lean))
 
     labels = {  # key -> row label
-        "ganaug": f"ganaug, {n} thread(s) (as the stages run it)",
+        "ganaug": f"ganaug, {n} thread(s) (as the stages run it, gan.precision={s.p.gan.precision})",
         "reference": f"reference, {d} thread(s) (torch's default)",
         "reference_same_threads": f"reference, {n} thread(s)",
+        "ganaug_bf16": f"ganaug, {n} thread(s), gan.precision=bf16",
         "reference_lean": f"reference, {n} thread(s), data as tensors, no .item()",
-        "ganaug_channels_last": f"ganaug, {n} thread(s), channels_last",
-        "ganaug_default_threads": f"ganaug, {d} thread(s) (torch's default)",
+        "ganaug_nchw": f"ganaug, {n} thread(s), without channels_last",
+        "ganaug_unfused": f"ganaug, {n} thread(s), without fused Adam",
+        "ganaug_1_thread": "ganaug, 1 thread",
+        "reference_1_thread": "reference, 1 thread",
         "ganaug_compile": f"ganaug, {n} thread(s), torch.compile",
     }
-    runners = {
-        "ganaug": with_threads(n, ganaug_runner(trainer)),
-        "reference": with_threads(d, ref_runner(ref)),
-        "reference_same_threads": with_threads(n, reference()),
-        "reference_lean": with_threads(n, reference(lean=True)),
-        "ganaug_channels_last": with_threads(n, ganaug_runner(ganaug_trainer(s.ds, s.p, channels_last=True))),
-    }
+    runners = {"ganaug": with_threads(n, ganaug_runner(trainer)), "reference": with_threads(d, ref_runner(ref))}
     if d != n:
-        runners["ganaug_default_threads"] = with_threads(d, ganaug_runner(ganaug_trainer(s.ds, s.p)))
+        runners["reference_same_threads"] = with_threads(n, reference())
+    runners["ganaug_bf16"] = with_threads(n, ganaug_runner(ganaug_trainer(s.ds, bf16)))
+    runners["reference_lean"] = with_threads(n, reference(lean=True))
+    runners["ganaug_nchw"] = with_threads(n, ganaug_runner(ganaug_trainer(s.ds, s.p, channels_last=False)))
+    runners["ganaug_unfused"] = with_threads(n, ganaug_runner(ganaug_trainer(s.ds, s.p, fused=False)))
+    if n > 1:
+        runners["ganaug_1_thread"] = with_threads(1, ganaug_runner(ganaug_trainer(s.ds, s.p)))
+        runners["reference_1_thread"] = with_threads(1, reference())
     out = {"params_ganaug": target, "params_reference": n_params(ref.g_net, ref.d_net), "threads": n,
            "default_threads": d, "batch_size": s.p.gan.batch_size, "image_size": s.ds.x.shape[-1],
+           "precision": s.p.gan.precision,
            "macs_ganaug": macs_per_image(trainer.g_net, trainer.d_net, cfg),
            "macs_reference": macs_per_image(ref.g_net, ref.d_net, cfg)}
     if compile_nets:
@@ -305,10 +315,12 @@ def measure_gan(s: Setup, compile_nets: bool) -> dict:
         if "error" not in out["compile"]:
             runners["ganaug_compile"] = with_threads(n, out["compile"].pop("runner"))
     rates = alternate(runners, s.gan_steps, s.p.gan.batch_size, s.rounds)
+    rates.setdefault("reference_same_threads", rates["reference"])
     out["rates"] = rates  # by key
-    out["images_per_s"] = {labels[k]: v for k, v in rates.items()}
+    out["images_per_s"] = {labels[k]: v for k, v in rates.items() if k in runners}
     out["ratio_as_run"] = rates["ganaug"] / rates["reference"]
     out["ratio_same_threads"] = rates["ganaug"] / rates["reference_same_threads"]
+    out["ratio_bf16"] = rates["ganaug_bf16"] / rates["reference_same_threads"]
     return out
 
 
@@ -449,13 +461,16 @@ def _rates_table(header: str, rates: dict[str, float]) -> str:
 
 def bought(gan: dict, default_steps: int) -> list[str]:
     """One line per speed-up tried: its ratio of images/s, measured in the same alternating rounds."""
-    rates, n, d = gan["rates"], gan["threads"], gan["default_threads"]
-    lines = []
-    if "ganaug_default_threads" in rates:
-        lines.append(f"- {n} instead of {d} thread(s) (`configure_threads`): "
-                     f"{rates['ganaug'] / rates['ganaug_default_threads']:.2f}x (the reference loop: "
-                     f"{rates['reference_same_threads'] / rates['reference']:.2f}x)")
-    lines.append(f"- `channels_last` (nets and images): {rates['ganaug_channels_last'] / rates['ganaug']:.2f}x")
+    rates, n = gan["rates"], gan["threads"]
+    lines = [f"- `gan.precision: bf16` (bfloat16 autocast of G and D): {rates['ganaug_bf16'] / rates['ganaug']:.2f}x; "
+             f"ganaug / reference {gan['ratio_bf16']:.2f}x at the same thread count"]
+    if "ganaug_1_thread" in rates:
+        lines.append(f"- {n} threads instead of 1 (torch's default, `configure_threads` keeps it): "
+                     f"{rates['ganaug'] / rates['ganaug_1_thread']:.2f}x (the reference loop: "
+                     f"{rates['reference_same_threads'] / rates['reference_1_thread']:.2f}x); at 1 thread "
+                     f"ganaug / reference is {rates['ganaug_1_thread'] / rates['reference_1_thread']:.2f}x")
+    lines.append(f"- `channels_last` (nets and images): {rates['ganaug'] / rates['ganaug_nchw']:.2f}x")
+    lines.append(f"- fused Adam (`fused=True`): {rates['ganaug'] / rates['ganaug_unfused']:.2f}x")
     comp = gan.get("compile")
     if comp is not None and "error" in comp:
         lines.append(f"- `torch.compile`: failed here ({comp['error']})")
@@ -472,8 +487,8 @@ def bought(gan: dict, default_steps: int) -> list[str]:
 
 def render(r: dict, command: str) -> str:
     gan, syn, ft = r["gan"], r["synthesis"], r["finetune"]
-    ips = gan["images_per_s"]
-    names = list(ips)
+    ips, rates = gan["images_per_s"], gan["rates"]
+    same = "same thread count" if gan["threads"] == gan["default_threads"] else f"{gan['threads']} thread(s) each"
     out = [
         "## Throughput: how fast? (`bench/throughput.py`)", "",
         f"- Command: `{command}`",
@@ -483,9 +498,9 @@ def render(r: dict, command: str) -> str:
         f"(GAN: {r['gan_steps']} steps a round, warm-up first). The stages run with {gan['threads']} torch thread(s) on a CPU "
         f"(`stages.runtime.configure_threads`, `GANAUG_THREADS` overrides); a plain PyTorch loop gets torch's default, "
         f"{gan['default_threads']} here.", "",
-        f"**GAN training, ganaug / reference: {gan['ratio_as_run']:.2f}x as each runs by default** "
-        f"({names[0]} vs {names[1]}); **{gan['ratio_same_threads']:.2f}x at the same thread count** "
-        f"({names[0]} vs {names[2]}). Real images per second; batch {gan['batch_size']}, {gan['image_size']}x{gan['image_size']} "
+        f"**GAN training, ganaug / reference: {gan['ratio_same_threads']:.2f}x with ganaug's default "
+        f"`gan.precision: {gan['precision']}`, {gan['ratio_bf16']:.2f}x with `gan.precision: bf16`** ({same}; "
+        f"as each runs by default: {gan['ratio_as_run']:.2f}x). Real images per second; batch {gan['batch_size']}, {gan['image_size']}x{gan['image_size']} "
         f"images; parameters ganaug {gan['params_ganaug']:,} vs reference {gan['params_reference']:,}; multiply-adds per image "
         f"(one G and one D forward) ganaug {gan['macs_ganaug'] / 1e6:.1f} M vs reference {gan['macs_reference'] / 1e6:.1f} M.", "",
         _rates_table("GAN training step", ips),

@@ -14,7 +14,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 STDERR_TAIL_LINES = 40
 
@@ -23,9 +23,9 @@ class CommandError(RuntimeError):
     """A DVC or git command exited non-zero; the message holds its stderr."""
 
 
-def command_env() -> dict[str, str]:
-    """The environment for DVC and its stages: this interpreter first on PATH, unbuffered output."""
-    env = dict(os.environ)
+def command_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The environment for DVC and its stages: this interpreter first on PATH, unbuffered output, plus `extra`."""
+    env = {**os.environ, **(extra or {})}
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
     env["PYTHONUNBUFFERED"] = "1"  # stage output reaches the log as it is printed
@@ -63,9 +63,10 @@ class Streamed:
     stderr_tail: list[str] = field(default_factory=list)
 
 
-def run_streaming(args: Sequence[str], cwd: Path, on_line: Callable[[str, str], None]) -> Streamed:
-    """Run `args`, calling `on_line(stream, line)` for every stdout/stderr line as it arrives."""
-    proc = subprocess.Popen(list(args), cwd=cwd, env=command_env(), stdout=subprocess.PIPE,
+def run_streaming(args: Sequence[str], cwd: Path, on_line: Callable[[str, str], None],
+                  env: Optional[dict[str, str]] = None) -> Streamed:
+    """Run `args`, calling `on_line(stream, line)` for every stdout/stderr line as it arrives; `env` adds variables."""
+    proc = subprocess.Popen(list(args), cwd=cwd, env=command_env(env), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, bufsize=1, errors="replace")
     result = Streamed(returncode=-1)
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)

@@ -8,6 +8,7 @@ and, when the retries are spent, fails the flow with the tail of its stderr.
 """
 from __future__ import annotations
 
+import os
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -48,8 +49,11 @@ def classify(stdout: list[str]) -> tuple[str, str]:
 
 
 @task(name="dvc-stage", task_run_name="{stage}", cache_policy=NO_CACHE, tags=["ganaug"])
-def run_stage(stage: str, workdir: str) -> StageResult:
-    """`dvc repro --single-item stage` in `workdir`, its output streamed into the Prefect log."""
+def run_stage(stage: str, workdir: str, threads: Optional[int] = None) -> StageResult:
+    """`dvc repro --single-item stage` in `workdir`, its output streamed into the Prefect log.
+
+    `threads`: the stage's torch threads (`GANAUG_THREADS`), when stages share the cores.
+    """
     logger = get_run_logger()
     args = dvc_args("repro", "--single-item", stage)
     logger.info("$ %s   (in %s)", describe(args), workdir)
@@ -59,7 +63,7 @@ def run_stage(stage: str, workdir: str) -> StageResult:
             logger.info("%s%s", "[stderr] " if stream == "stderr" else "", line)
 
     started = time.time()
-    out = run_streaming(args, Path(workdir), log_line)
+    out = run_streaming(args, Path(workdir), log_line, {"GANAUG_THREADS": str(threads)} if threads else None)
     finished = time.time()
     if out.returncode != 0:
         tail = "\n".join(out.stderr_tail[-STDERR_TAIL_IN_ERROR:]) or "(no stderr)"
@@ -83,11 +87,23 @@ def run_stages(task_: Task, dag: StageDag, workdir: Path, parallel: bool) -> lis
     if not parallel:
         return [task_(stage, str(workdir)) for stage in dag.order]
     futures: dict[str, Any] = {}
+    threads = stage_threads(dag)
     for stage in dag.order:
         upstream = [futures[u] for u in dag.upstream[stage]]
-        futures[stage] = task_.submit(stage, str(workdir), wait_for=upstream)
+        futures[stage] = task_.submit(stage, str(workdir), threads, wait_for=upstream)
     wait(list(futures.values()))  # nothing may still run when the workspace goes away
     return [futures[stage].result() for stage in dag.order]
+
+
+def stage_threads(dag: StageDag) -> Optional[int]:
+    """Torch threads per stage when independent stages run at once: the cores split over the widest DAG level.
+
+    None (each stage takes torch's default) when `GANAUG_THREADS` is already set or no level has two stages.
+    """
+    width = max(len(level) for level in dag.levels())
+    if os.environ.get("GANAUG_THREADS") or width < 2:
+        return None
+    return max(1, (os.cpu_count() or 1) // width)
 
 
 def open_workspace(project: Path, params: AugmentParams,

@@ -1,12 +1,16 @@
 """The class-conditional GAN: generator, projection discriminator, hinge losses, sampling, loading.
 
-Generator: z -> linear -> (2W, S/4, S/4) -> [upsample x2, conv, conditional BN, ReLU] x 2
--> conv -> tanh, with W = g_width. The class enters through conditional BatchNorm
-(a per-class gain and bias after every BatchNorm).
+DCGAN layout, so that most of the compute sits at the lowest resolution:
+
+Generator: z -> linear -> (4W, S/4, S/4) -> transposed conv x2 -> (2W, S/2, S/2)
+-> transposed conv x2 -> (W, S, S) -> 3x3 conv -> (C, S, S) -> tanh, with W = g_width.
+The class enters through conditional BatchNorm (a per-class gain and bias after
+every BatchNorm). The last 3x3 conv smooths the transposed convs' checkerboard:
+without it (plain DCGAN) D wins and the samples lose their class.
 
 Discriminator (Miyato & Koyama 2018): spectral-normed convs with LeakyReLU,
-downsampling twice, global sum pooling to features h, and the projection output
-`linear(h) + <embed(y), h>`.
+two strided 4x4 convs down to S/4 and one 3x3 conv there, global sum pooling to
+features h, and the projection output `linear(h) + <embed(y), h>`.
 """
 from __future__ import annotations
 
@@ -29,8 +33,8 @@ class GanConfig:
     image_size: int
     channels: int
     z_dim: int = 64
-    g_width: int = 64
-    d_width: int = 64
+    g_width: int = 48
+    d_width: int = 32
 
     def __post_init__(self) -> None:
         if self.image_size % 4:
@@ -58,15 +62,14 @@ class ConditionalBatchNorm2d(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """Nearest upsample x2, 3x3 conv, conditional BN, ReLU."""
+    """4x4 transposed conv with stride 2 (doubles H and W), conditional BN, ReLU."""
 
     def __init__(self, c_in: int, c_out: int, n_classes: int):
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.conv = nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False)
         self.norm = ConditionalBatchNorm2d(c_out, n_classes)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="nearest")  # (B, C_in, 2H, 2W)
         return F.relu(self.norm(self.conv(x), y))  # (B, C_out, 2H, 2W)
 
 
@@ -75,18 +78,18 @@ class Generator(nn.Module):
         super().__init__()
         self.cfg = cfg
         w, self.base = cfg.g_width, cfg.image_size // 4
-        self.project = nn.Linear(cfg.z_dim, 2 * w * self.base * self.base, bias=False)
-        self.norm0 = ConditionalBatchNorm2d(2 * w, cfg.n_classes)
-        self.up1 = UpBlock(2 * w, w, cfg.n_classes)
-        self.up2 = UpBlock(w, w // 2, cfg.n_classes)
-        self.to_image = nn.Conv2d(w // 2, cfg.channels, 3, padding=1)
+        self.project = nn.Linear(cfg.z_dim, 4 * w * self.base * self.base, bias=False)
+        self.norm0 = ConditionalBatchNorm2d(4 * w, cfg.n_classes)
+        self.up1 = UpBlock(4 * w, 2 * w, cfg.n_classes)
+        self.up2 = UpBlock(2 * w, w, cfg.n_classes)
+        self.to_image = nn.Conv2d(w, cfg.channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """z (B, z_dim), y (B,) long -> images (B, C, S, S) in [-1, 1]."""
-        x = self.project(z).view(len(z), -1, self.base, self.base)  # (B, 2W, S/4, S/4)
+        x = self.project(z).view(len(z), -1, self.base, self.base)  # (B, 4W, S/4, S/4)
         x = F.relu(self.norm0(x, y))
-        x = self.up1(x, y)  # (B, W, S/2, S/2)
-        x = self.up2(x, y)  # (B, W/2, S, S)
+        x = self.up1(x, y)  # (B, 2W, S/2, S/2)
+        x = self.up2(x, y)  # (B, W, S, S)
         return torch.tanh(self.to_image(x))  # (B, C, S, S)
 
 
@@ -98,8 +101,7 @@ class Discriminator(nn.Module):
         self.cfg = cfg
         w = cfg.d_width
         self.convs = nn.ModuleList([
-            spectral_norm(nn.Conv2d(cfg.channels, w // 2, 3, padding=1)),  # S
-            spectral_norm(nn.Conv2d(w // 2, w, 4, stride=2, padding=1)),  # S/2
+            spectral_norm(nn.Conv2d(cfg.channels, w, 4, stride=2, padding=1)),  # S/2
             spectral_norm(nn.Conv2d(w, 2 * w, 4, stride=2, padding=1)),  # S/4
             spectral_norm(nn.Conv2d(2 * w, 2 * w, 3, padding=1)),  # S/4
         ])

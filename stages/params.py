@@ -79,8 +79,8 @@ class ClassifierParams(_Section):
 
 class GanParams(_Section):
     z_dim: int = Field(64, ge=1)
-    g_width: int = Field(64, ge=4)
-    d_width: int = Field(64, ge=4)
+    g_width: int = Field(48, ge=4)
+    d_width: int = Field(32, ge=4)
     steps: int = Field(1500, ge=1)
     batch_size: int = Field(32, ge=2)
     lr_g: float = Field(2e-4, gt=0)
@@ -96,12 +96,13 @@ class GanParams(_Section):
     init: Literal["scratch", "source"] = "scratch"
     source_steps: int = Field(1500, ge=1)  # pretrain_gan's steps (only with init: source)
     freeze: Literal["none", "d_lower", "alternate"] = "none"  # d_lower: FreezeD; alternate: D-only, then G-only phases
-    freeze_d_blocks: int = Field(2, ge=1, le=4)  # freeze=d_lower: how many of D's 4 conv layers (from the input) stay fixed
+    freeze_d_blocks: int = Field(2, ge=1, le=3)  # freeze=d_lower: how many of D's 3 conv layers (from the input) stay fixed
     alternate_steps: int = Field(100, ge=1)  # freeze=alternate: steps per phase
     lr_schedule: Literal["constant", "exp"] = "constant"  # exp: lr_t = lr_0 * exp(-lr_gamma * t)
     lr_gamma: float = Field(0.001, ge=0)
     average_last: int = Field(0, ge=0)  # > 0: also export the mean of G's last k snapshots (synth.generator: average)
     average_every: int = Field(100, ge=1)  # steps between those snapshots
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: G and D under bfloat16 autocast (weights and optimiser in fp32)
 
     @model_validator(mode="after")
     def _freeze_d_needs_source(self) -> "GanParams":

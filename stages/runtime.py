@@ -21,21 +21,20 @@ def pick_device() -> torch.device:
 
 
 def configure_threads(device: torch.device) -> int:
-    """Torch's intra-op threads for this process: `GANAUG_THREADS` if set, else 1 on the CPU; return the count.
+    """Torch's intra-op threads for this process: `GANAUG_THREADS` if set, else torch's default; return the count.
 
-    ganaug's default nets are small (16x16 images, under a million parameters):
-    a second thread buys little, and when the cores are shared (other stages run
-    in parallel, other users) OpenMP's threads wait on each other and a step gets
-    several times slower (measured in docs/benchmarks.md, `bench/throughput.py`).
-    Set `GANAUG_THREADS` (e.g. to the core count) for bigger models on an idle machine.
-    On a GPU the setting is left alone unless `GANAUG_THREADS` is set.
+    Torch's default is one thread per core, the fastest on an idle machine
+    (docs/benchmarks.md, `bench/throughput.py`). When several stages or jobs share
+    the cores (`ganaug run --parallel`, `bench/uplift.py --jobs`, the test suite),
+    each should get its share instead: OpenMP threads that wait for a descheduled
+    peer make a step many times slower. Those callers set `GANAUG_THREADS`.
     """
     value = os.environ.get("GANAUG_THREADS", "").strip()
-    if not value and device.type != "cpu":
+    if not value:
         return torch.get_num_threads()
-    if value and (not value.isdigit() or int(value) < 1):
+    if not value.isdigit() or int(value) < 1:
         raise UserError(f"GANAUG_THREADS: expected a positive integer, got {value!r}")
-    n = int(value) if value else 1
+    n = int(value)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

@@ -307,7 +307,7 @@ def test_average_of_the_last_snapshots_is_exported_and_loadable(digits, tmp_path
 
 
 @pytest.mark.parametrize("extra", [dict(init="source", freeze="d_lower"), dict(freeze="alternate", alternate_steps=3,
-                                   lr_schedule="exp", average_last=2, average_every=4)])
+                                   lr_schedule="exp", average_last=2, average_every=4), dict(precision="bf16")])
 def test_resume_is_bit_identical_with_transfer_and_averaging(digits, source_gan, tmp_path, extra):
     p = GanParams(steps=12, checkpoint_every=5, **TINY, **extra)
     train_gan(digits, p, tmp_path / "a.pt", tmp_path / "ckpt_a", CPU, source_path=source_gan)
@@ -318,3 +318,14 @@ def test_resume_is_bit_identical_with_transfer_and_averaging(digits, source_gan,
     a, b = (torch.load(tmp_path / f, weights_only=True) for f in ("a.pt", "b.pt"))
     for key in ("generator", "generator_ema", "discriminator", "generator_average"):
         assert (key in a) == (key in b) and (key not in a or state_dicts_equal(a[key], b[key]))
+
+
+def test_bf16_autocast_trains_fp32_weights_to_a_different_finite_result(digits):
+    fp32, bf16 = trainer_for(digits, None, steps=6), trainer_for(digits, None, steps=6, precision="bf16")
+    for t in (fp32, bf16):
+        for _ in range(6):
+            stats = t.train_step()
+        assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in stats.values())
+    for net in (bf16.g_net, bf16.d_net, bf16.g_ema):
+        assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in net.parameters())
+    assert not state_dicts_equal(fp32.g_net.state_dict(), bf16.g_net.state_dict())  # the convolutions ran in bf16
