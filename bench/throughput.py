@@ -157,7 +157,8 @@ class ReferenceLoop:
 def ganaug_trainer(ds: ImageSet, p: Params, channels_last: bool = True, fused: bool = True,
                    compile_nets: bool = False) -> GanTrainer:
     """train_gan's trainer on `ds`; `channels_last=False` / `fused=False` undo those two settings to measure them."""
-    cfg = GanConfig(len(ds.class_names), ds.x.shape[-1], ds.x.shape[1], p.gan.z_dim, p.gan.g_width, p.gan.d_width)
+    cfg = GanConfig(len(ds.class_names), ds.x.shape[-1], ds.x.shape[1], p.gan.z_dim, p.gan.g_width, p.gan.d_width,
+                    p.gan.arch)
     trainer = GanTrainer(cfg, p.gan, BalancedBatches(to_float(ds.x), torch.as_tensor(np.array(ds.y)), cfg.n_classes), CPU)
     if not channels_last:
         trainer.memory_format = torch.contiguous_format

@@ -78,6 +78,7 @@ class ClassifierParams(_Section):
 
 
 class GanParams(_Section):
+    arch: Literal["dcgan", "resize"] = "dcgan"  # resize: the earlier, ~2x slower nets (stages/gan_model.py)
     z_dim: int = Field(64, ge=1)
     g_width: int = Field(48, ge=4)
     d_width: int = Field(32, ge=4)
@@ -96,7 +97,7 @@ class GanParams(_Section):
     init: Literal["scratch", "source"] = "scratch"
     source_steps: int = Field(1500, ge=1)  # pretrain_gan's steps (only with init: source)
     freeze: Literal["none", "d_lower", "alternate"] = "none"  # d_lower: FreezeD; alternate: D-only, then G-only phases
-    freeze_d_blocks: int = Field(2, ge=1, le=3)  # freeze=d_lower: how many of D's 3 conv layers (from the input) stay fixed
+    freeze_d_blocks: int = Field(2, ge=1, le=4)  # freeze=d_lower: D's conv layers (3 with arch dcgan, 4 with resize) kept fixed
     alternate_steps: int = Field(100, ge=1)  # freeze=alternate: steps per phase
     lr_schedule: Literal["constant", "exp"] = "constant"  # exp: lr_t = lr_0 * exp(-lr_gamma * t)
     lr_gamma: float = Field(0.001, ge=0)
@@ -108,6 +109,8 @@ class GanParams(_Section):
     def _freeze_d_needs_source(self) -> "GanParams":
         if self.freeze == "d_lower" and self.init != "source":
             raise ValueError("freeze 'd_lower' fine-tunes a pretrained discriminator: it needs init 'source'")
+        if self.arch == "dcgan" and self.freeze_d_blocks > 3:
+            raise ValueError(f"freeze_d_blocks={self.freeze_d_blocks}: the dcgan discriminator has 3 conv layers")
         if self.average_last > 1 and (self.average_last - 1) * self.average_every >= self.steps:
             raise ValueError(f"average_last={self.average_last} snapshots every {self.average_every} steps "
                              f"do not fit in steps={self.steps}")

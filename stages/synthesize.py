@@ -37,7 +37,7 @@ import torch
 from stages.atomic import atomic_dir, atomic_file
 from stages.data import ImageSet, load_prepared, to_uint8
 from stages.errors import exit_on_user_error
-from stages.gan_model import Generator, load_generator, sample
+from stages.gan_model import load_generator, sample
 from stages.imagefolder import MANIFEST, MANIFEST_COLUMNS, write_pngs
 from stages.params import SynthParams, load_params
 from stages.runtime import pick_device
@@ -101,7 +101,7 @@ def plot_samples(x: np.ndarray, labels: np.ndarray, class_names: list[str], titl
     plt.close(fig)
 
 
-def _sampler(net: Generator, z_dim: int, p: SynthParams, device: torch.device):
+def _sampler(net: torch.nn.Module, z_dim: int, p: SynthParams, device: torch.device):
     """labels -> uint8 images; every call continues the one noise stream seeded with synth.seed."""
     g = torch.Generator().manual_seed(p.seed)
     return lambda labels: to_uint8(sample(net, labels, z_dim, g, device, p.batch_size, p.truncation))

@@ -42,7 +42,7 @@ from stages.atomic import atomic_file, remove_stale_temporaries
 from stages.data import ImageSet, load_prepared, to_float
 from stages.diffaug import diff_augment
 from stages.errors import DataError, UserError, exit_on_user_error
-from stages.gan_model import Discriminator, GanConfig, Generator, d_hinge_loss, g_hinge_loss
+from stages.gan_model import GanConfig, build_discriminator, build_generator, d_hinge_loss, g_hinge_loss
 from stages.params import GanParams, load_params
 from stages.runtime import open_live, pick_device, progress, seed_everything
 
@@ -85,8 +85,8 @@ class GanTrainer:
         self.rng = seed_everything(p.seed)  # also makes the weight init deterministic
         # channels_last: the convolutions' fastest layout on CPU (oneDNN) and on GPU tensor cores
         self.memory_format = torch.channels_last
-        self.g_net = Generator(cfg).to(device, memory_format=self.memory_format).train()
-        self.d_net = Discriminator(cfg).to(device, memory_format=self.memory_format).train()
+        self.g_net = build_generator(cfg).to(device, memory_format=self.memory_format).train()
+        self.d_net = build_discriminator(cfg).to(device, memory_format=self.memory_format).train()
         if source is not None:
             transfer_weights(self.g_net, source["generator"])
             transfer_weights(self.d_net, source["discriminator"])
@@ -206,11 +206,11 @@ def transfer_weights(net: torch.nn.Module, source_state: dict) -> None:
     bad = [k for k, v in shared.items() if k not in own or own[k].shape != v.shape]
     if bad:
         raise DataError(f"models/gan_source.pt: source GAN does not fit the target GAN ({bad[:3]}); "
-                        f"gan.z_dim, g_width, d_width, data.image_size and data.channels must match")
+                        f"gan.arch, z_dim, g_width, d_width, data.image_size and data.channels must match")
     net.load_state_dict({**own, **shared})
 
 
-def frozen_d_layers(d_net: Discriminator, p: GanParams) -> set[int]:
+def frozen_d_layers(d_net: torch.nn.Module, p: GanParams) -> set[int]:
     """ids of D's parameters that stay fixed (freeze=d_lower: the first freeze_d_blocks convs).
 
     Their spectral-norm power iteration is stopped too (eval mode), so the layers' effective weights do not move.
@@ -226,21 +226,21 @@ def frozen_d_layers(d_net: Discriminator, p: GanParams) -> set[int]:
 class SnapshotAverage:
     """The running mean of G's floating-point state at steps `steps - j * average_every`, j < average_last."""
 
-    def __init__(self, g_net: Generator, p: GanParams):
+    def __init__(self, g_net: torch.nn.Module, p: GanParams):
         self.p = p
         self.steps = {p.steps - j * p.average_every for j in range(p.average_last)}
         self.sum = {k: torch.zeros_like(v) for k, v in g_net.state_dict().items() if v.is_floating_point()}
         self.n = 0
 
     @torch.no_grad()
-    def maybe_add(self, g_net: Generator, step: int) -> None:
+    def maybe_add(self, g_net: torch.nn.Module, step: int) -> None:
         if step in self.steps:
             for k, v in g_net.state_dict().items():
                 if k in self.sum:
                     self.sum[k] += v
             self.n += 1
 
-    def mean(self, g_net: Generator) -> Optional[dict]:
+    def mean(self, g_net: torch.nn.Module) -> Optional[dict]:
         """G's state with every float tensor replaced by the snapshot mean; None without snapshots."""
         if self.n == 0:
             return None
@@ -389,7 +389,7 @@ def train_gan(
     process had been killed: no model is written and the last checkpoint stays.
     """
     _check_data(ds)
-    cfg = GanConfig(len(ds.class_names), ds.x.shape[-1], ds.x.shape[1], p.z_dim, p.g_width, p.d_width)
+    cfg = GanConfig(len(ds.class_names), ds.x.shape[-1], ds.x.shape[1], p.z_dim, p.g_width, p.d_width, p.arch)
     real = BalancedBatches(to_float(ds.x).to(device), torch.as_tensor(ds.y, dtype=torch.long), cfg.n_classes)
     source = load_source_gan(source_path) if p.init == "source" else None
     trainer = GanTrainer(cfg, p, real, device, source)

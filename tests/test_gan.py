@@ -12,7 +12,7 @@ from stages.data import ImageSet, LoadOptions, load_digits_set, save_prepared, s
 from stages.diffaug import AUGMENTS, diff_augment
 from stages.errors import UserError
 from stages.gan_model import (
-    Discriminator, GanConfig, Generator, d_hinge_loss, g_hinge_loss, load_generator, sample,
+    ARCHS, GanConfig, Generator, build_discriminator, build_generator, d_hinge_loss, g_hinge_loss, load_generator, sample,
 )
 from stages.params import GanParams
 from stages.pretrain_gan import PLACEHOLDER, pretrain_gan
@@ -40,15 +40,18 @@ def state_dicts_equal(a: dict, b: dict) -> bool:
 
 # ---------------------------------------------------------------- model shapes
 
+@pytest.mark.parametrize("arch", ["dcgan", "resize"])
 @pytest.mark.parametrize("size,channels", [(16, 1), (16, 3), (28, 1), (28, 3)])
-def test_generator_and_discriminator_shapes(size, channels):
+def test_generator_and_discriminator_shapes(size, channels, arch):
     torch.manual_seed(0)
-    cfg = GanConfig(n_classes=3, image_size=size, channels=channels, z_dim=8, g_width=8, d_width=8)
+    cfg = GanConfig(n_classes=3, image_size=size, channels=channels, z_dim=8, g_width=8, d_width=8, arch=arch)
     z, y = torch.randn(5, 8), torch.tensor([0, 1, 2, 0, 1])
-    x = Generator(cfg)(z, y)
+    g_net, d_net = build_generator(cfg), build_discriminator(cfg)
+    assert (type(g_net), type(d_net)) == ARCHS[arch]
+    x = g_net(z, y)
     assert x.shape == (5, channels, size, size)
     assert x.min() >= -1 and x.max() <= 1
-    logits = Discriminator(cfg)(x, y)
+    logits = d_net(x, y)
     assert logits.shape == (5,)
     assert torch.isfinite(logits).all()
 
@@ -112,7 +115,7 @@ def test_tiny_training_run_writes_a_loadable_model(digits, tmp_path):
     assert list((tmp_path / "ckpt").iterdir()) == []  # deleted on success
     ckpt = torch.load(tmp_path / "gan.pt", map_location="cpu", weights_only=True)
     assert ckpt["step"] == 30 and ckpt["class_names"] == digits.class_names
-    assert ckpt["config"] == dict(n_classes=3, image_size=16, channels=1, z_dim=8, g_width=8, d_width=8)
+    assert ckpt["config"] == dict(n_classes=3, image_size=16, channels=1, z_dim=8, g_width=8, d_width=8, arch="dcgan")
     assert GanParams(**ckpt["params"]) == p
     assert not state_dicts_equal(ckpt["generator"], ckpt["generator_ema"])
     ema, cfg, names = load_generator(tmp_path / "gan.pt", "ema")
@@ -329,3 +332,12 @@ def test_bf16_autocast_trains_fp32_weights_to_a_different_finite_result(digits):
     for net in (bf16.g_net, bf16.d_net, bf16.g_ema):
         assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in net.parameters())
     assert not state_dicts_equal(fp32.g_net.state_dict(), bf16.g_net.state_dict())  # the convolutions ran in bf16
+
+
+def test_resize_arch_trains_and_its_checkpoint_loads_as_resize(digits, tmp_path):
+    p = GanParams(steps=3, arch="resize", **{**TINY, "freeze_d_blocks": 4})
+    train_gan(digits, p, tmp_path / "gan.pt", tmp_path / "ckpt", CPU)
+    net, cfg, _ = load_generator(tmp_path / "gan.pt")
+    assert cfg.arch == "resize" and isinstance(net, ARCHS["resize"][0])
+    with pytest.raises(ValueError, match="freeze_d_blocks=4: the dcgan discriminator has 3 conv layers"):
+        GanParams(freeze_d_blocks=4)
