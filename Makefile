@@ -25,8 +25,11 @@ repro: setup
 	@echo "Report:  reports/eval.md   (metrics: dvc metrics show; plots: plots/, dvc plots show)"
 	@cat reports/eval.md
 
+# Two pytest-xdist workers; tests sharing a fixture run on one worker (xdist_group marks, see tests/conftest.py).
+TEST_WORKERS ?= 2
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 bench: setup
 	$(BIN)/python -m bench.throughput

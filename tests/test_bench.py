@@ -85,7 +85,8 @@ def test_throughput_on_tiny_sizes_reports_ratios_and_rates(tmp_path):
     result = json.loads(raw.read_text())
     gan = result["gan"]
     assert abs(gan["params_reference"] - gan["params_ganaug"]) <= 0.05 * gan["params_ganaug"]
-    assert f"ganaug / reference: {gan['ratio_as_run']:.2f}x" in section
+    assert f"ganaug / reference: {gan['ratio_same_threads']:.2f}x with ganaug's default" in section
+    assert f"{gan['ratio_bf16']:.2f}x with `gan.precision: bf16`" in section
     for part in ("gan", "synthesis", "finetune"):
         rates = result[part]["images_per_s"]
         assert len(rates) >= 2 and all(math.isfinite(v) and v > 0 for v in rates.values()), part

@@ -1,25 +1,25 @@
-"""GAN transfer through real DVC: `dvc exp run -S gan.init=source -S gan.freeze=d_lower` end to end (tiny params)."""
+"""GAN transfer through real DVC: `dvc exp run -S gan.init=source -S gan.freeze=d_lower` end to end (tiny params),
+on a copy of the session's finished scratch run (conftest's `tiny_repro`)."""
 from __future__ import annotations
 
 import json
 import re
-import sys
 
 import torch
 
-from conftest import TINY_PARAMS, deep_update, make_project, run
+from conftest import DVC, TINY_REPRO_GROUP, pipeline_env, run
 
-DVC = [sys.executable, "-m", "dvc"]
+pytestmark = TINY_REPRO_GROUP
 
 
-def test_exp_run_with_source_init_and_freeze_d(tmp_path):
-    params = deep_update(TINY_PARAMS, {"gan": {"source_steps": 15}, "synth": {"filter": "top_fraction", "keep_fraction": 0.5}})
-    project = make_project(tmp_path / "project", params)
-    run(DVC + ["repro"], project)  # scratch: the source GAN is only a placeholder
+def test_exp_run_with_source_init_and_freeze_d(tiny_repro_copy):
+    project = tiny_repro_copy  # scratch (gan.init=scratch): the source GAN is only a placeholder
     assert "placeholder" in torch.load(project / "models/gan_source.pt", weights_only=True)
     scratch = json.loads((project / "metrics/gan.json").read_text())
 
-    out = run(DVC + ["exp", "run", "-S", "gan.init=source", "-S", "gan.freeze=d_lower", "--name", "transfer"], project)
+    out = run(DVC + ["exp", "run", "-S", "gan.init=source", "-S", "gan.freeze=d_lower", "-S", "gan.source_steps=15",
+                     "-S", "synth.filter=top_fraction", "-S", "synth.keep_fraction=0.5", "--name", "transfer"],
+              project, env=pipeline_env())
     ran = set(re.findall(r"Running stage '([^']+)'", out.stdout))
     assert {"pretrain_gan", "train_gan", "synthesize", "gan_metrics", "evaluate"} <= ran and "pretrain" not in ran
     source = torch.load(project / "models/gan_source.pt", weights_only=True)

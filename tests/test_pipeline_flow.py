@@ -33,6 +33,9 @@ from pipeline.report import PER_CLASS_KEY, REPORT_KEY
 from pipeline.run_params import AugmentParams
 from stages.params import Params
 
+# `pytest -n 2 --dist loadgroup` (`make test`): the Prefect tests (flow and CLI) on one worker, next to the
+# `tiny_repro` group (conftest.py) on the other.
+pytestmark = pytest.mark.xdist_group("prefect")
 ROOT = Path(__file__).resolve().parents[1]
 DVC = [sys.executable, "-m", "dvc"]
 CORE_STAGES = {"prepare", "pretrain", "train_gan", "synthesize", "concat",

@@ -1,25 +1,18 @@
 """Same params, same machine (CPU): two full `dvc repro` runs give the same metrics, byte for byte.
 
-Two copies of the project (git + DVC repos) run the whole pipeline side by side on
-tiny params; every output is compared between them.
+The session's shared tiny run (conftest's `tiny_repro`, TINY_PARAMS) and a fresh clone of its git
+repo run with the same code, params and environment (`pipeline_env()`: CPU, one torch thread);
+every output is compared between them.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
-from conftest import TINY_PARAMS, deep_update, make_project, tool_env
+from conftest import DVC, TINY_REPRO_GROUP, pipeline_env, run
 
-PARAMS = deep_update(TINY_PARAMS, {
-    "data": {"shots": 3, "image_size": 16},
-    "classifier": {"steps": 20, "width": 8},
-    "gan": {"steps": 20, "g_width": 16, "d_width": 16, "checkpoint_every": 10},
-    "synth": {"per_class": 4},
-    "finetune": {"steps": 10, "checkpoint_every": 5},
-})
+pytestmark = TINY_REPRO_GROUP
 OUTPUT_DIRS = ("data", "metrics", "reports", "plots", "models")
 # Model files also hold the run's wall-clock time (summary: seconds, images_per_s): compared tensor by tensor.
 TIMED = ("models/classifier.pt", "models/finetune/baseline.pt", "models/finetune/augmented.pt")
@@ -30,14 +23,14 @@ def outputs(project: Path) -> dict[str, bytes]:
             for d in OUTPUT_DIRS for p in sorted((project / d).rglob("*")) if p.is_file()}
 
 
-def test_two_full_runs_give_identical_metrics_and_outputs(tmp_path):
-    projects = [make_project(tmp_path / name, PARAMS) for name in ("a", "b")]
-    env = {**tool_env(), "GANAUG_DEVICE": "cpu"}
-    procs = [subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=p, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for p in projects]
-    for proc in procs:
-        out, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, out
+def test_two_full_runs_give_identical_metrics_and_outputs(tiny_repro, tmp_path):
+    # a fresh project from the shared one's commit (the same stages and params, not today's checkout:
+    # stages/ may have changed since the session began), without its outputs, cache or run cache
+    fresh = tmp_path / "b"
+    run(["git", "clone", "-q", str(tiny_repro.project), str(fresh)], tmp_path)
+    assert not (fresh / "dvc.lock").exists() and not (fresh / ".dvc/cache").exists()
+    run(DVC + ["repro"], fresh, env=pipeline_env())
+    projects = [tiny_repro.project, fresh]
 
     a, b = (outputs(p) for p in projects)
     assert a["metrics/eval.json"] == b["metrics/eval.json"]
