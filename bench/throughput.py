@@ -294,6 +294,7 @@ def measure_gan(s: Setup, compile_nets: bool) -> dict:
         "ganaug_unfused": f"ganaug, {n} thread(s), without fused Adam",
         "ganaug_1_thread": "ganaug, 1 thread",
         "reference_1_thread": "reference, 1 thread",
+        "ganaug_bf16_1_thread": "ganaug, 1 thread, gan.precision=bf16",
         "ganaug_compile": f"ganaug, {n} thread(s), torch.compile",
     }
     runners = {"ganaug": with_threads(n, ganaug_runner(trainer)), "reference": with_threads(d, ref_runner(ref))}
@@ -306,6 +307,7 @@ def measure_gan(s: Setup, compile_nets: bool) -> dict:
     if n > 1:
         runners["ganaug_1_thread"] = with_threads(1, ganaug_runner(ganaug_trainer(s.ds, s.p)))
         runners["reference_1_thread"] = with_threads(1, reference())
+        runners["ganaug_bf16_1_thread"] = with_threads(1, ganaug_runner(ganaug_trainer(s.ds, bf16)))
     out = {"params_ganaug": target, "params_reference": n_params(ref.g_net, ref.d_net), "threads": n,
            "default_threads": d, "batch_size": s.p.gan.batch_size, "image_size": s.ds.x.shape[-1],
            "precision": s.p.gan.precision,
@@ -469,7 +471,8 @@ def bought(gan: dict, default_steps: int) -> list[str]:
         lines.append(f"- {n} threads instead of 1 (torch's default, `configure_threads` keeps it): "
                      f"{rates['ganaug'] / rates['ganaug_1_thread']:.2f}x (the reference loop: "
                      f"{rates['reference_same_threads'] / rates['reference_1_thread']:.2f}x); at 1 thread "
-                     f"ganaug / reference is {rates['ganaug_1_thread'] / rates['reference_1_thread']:.2f}x")
+                     f"ganaug / reference is {rates['ganaug_1_thread'] / rates['reference_1_thread']:.2f}x "
+                     f"({rates['ganaug_bf16_1_thread'] / rates['reference_1_thread']:.2f}x with bf16)")
     lines.append(f"- `channels_last` (nets and images): {rates['ganaug'] / rates['ganaug_nchw']:.2f}x")
     lines.append(f"- fused Adam (`fused=True`): {rates['ganaug'] / rates['ganaug_unfused']:.2f}x")
     comp = gan.get("compile")
