@@ -53,11 +53,6 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 600,
 
 
 @pytest.fixture
-def tiny_project(tmp_path: Path) -> Path:
-    return make_project(tmp_path / "project", TINY_PARAMS)
-
-
-@pytest.fixture
 def in_tmp_cwd(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     return tmp_path
