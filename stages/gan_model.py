@@ -1,19 +1,21 @@
 """The class-conditional GAN: generator, projection discriminator, hinge losses, sampling, loading.
 
-DCGAN layout, so that most of the compute sits at the lowest resolution:
+Two layouts, keyed by `gan.arch` (ARCHS); both condition G through conditional
+BatchNorm (a per-class gain and bias after every BatchNorm) and D through a
+projection head (Miyato & Koyama 2018): spectral-normed convs with LeakyReLU,
+global sum pooling to features h, output `linear(h) + <embed(y), h>`.
 
-Generator: z -> linear -> (4W, S/4, S/4) -> transposed conv x2 -> (2W, S/2, S/2)
--> transposed conv x2 -> (W, S, S) -> 3x3 conv -> (C, S, S) -> tanh, with W = g_width.
-The class enters through conditional BatchNorm (a per-class gain and bias after
-every BatchNorm). The last 3x3 conv smooths the transposed convs' checkerboard:
-without it (plain DCGAN) D wins and the samples lose their class.
+`resize` (default): G = z -> linear -> (2W, S/4, S/4) -> [nearest x2, 3x3 conv] x 2
+-> (W/2, S, S) -> 3x3 conv -> tanh; D = a 3x3 conv at full resolution, two strided
+4x4 convs down to S/4, a 3x3 conv there.
 
-Discriminator (Miyato & Koyama 2018): spectral-normed convs with LeakyReLU,
-two strided 4x4 convs down to S/4 and one 3x3 conv there, global sum pooling to
-features h, and the projection output `linear(h) + <embed(y), h>`.
-
-`gan.arch: resize` selects the previous nets (nearest upsampling + 3x3 convs in G,
-one more full-resolution conv in D; about 2x the multiply-adds at equal widths).
+`dcgan`: G = z -> linear -> (4W, S/4, S/4) -> 4x4 transposed conv x2 -> (2W, S/2, S/2)
+-> 4x4 transposed conv x2 -> (W, S, S) -> 3x3 conv -> tanh; D = two strided 4x4 convs
+down to S/4 and a 3x3 conv there. About half the multiply-adds of `resize` at equal
+widths (most of the compute at the lowest resolution); its samples are cleaner but
+less varied, and made worse training data in most benchmark cells (docs/benchmarks.md).
+The last 3x3 conv smooths the transposed convs' checkerboard: without it (plain DCGAN)
+D wins and the samples lose their class.
 """
 from __future__ import annotations
 
@@ -36,9 +38,9 @@ class GanConfig:
     image_size: int
     channels: int
     z_dim: int = 64
-    g_width: int = 48
-    d_width: int = 32
-    arch: str = "dcgan"  # a key of ARCHS
+    g_width: int = 64
+    d_width: int = 64
+    arch: str = "resize"  # a key of ARCHS
 
     def __post_init__(self) -> None:
         if self.arch not in ("dcgan", "resize"):
@@ -126,7 +128,7 @@ class Discriminator(nn.Module):
         return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)  # (B,)
 
 
-# ---------------------------------------------------------------- gan.arch=resize (the GAN before commit ee57c04)
+# ---------------------------------------------------------------- gan.arch=resize
 
 class ResizeUpBlock(nn.Module):
     """Nearest upsample x2, 3x3 conv, conditional BN, ReLU."""
@@ -181,8 +183,8 @@ class ResizeDiscriminator(Discriminator):
 
 
 ARCHS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
-    "dcgan": (Generator, Discriminator),  # the default: about half the multiply-adds of `resize`
-    "resize": (ResizeGenerator, ResizeDiscriminator),  # upsample + 3x3 convs at every resolution
+    "resize": (ResizeGenerator, ResizeDiscriminator),  # the default: upsample + 3x3 convs at every resolution
+    "dcgan": (Generator, Discriminator),  # about half the multiply-adds of `resize`
 }
 
 

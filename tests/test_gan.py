@@ -115,7 +115,7 @@ def test_tiny_training_run_writes_a_loadable_model(digits, tmp_path):
     assert list((tmp_path / "ckpt").iterdir()) == []  # deleted on success
     ckpt = torch.load(tmp_path / "gan.pt", map_location="cpu", weights_only=True)
     assert ckpt["step"] == 30 and ckpt["class_names"] == digits.class_names
-    assert ckpt["config"] == dict(n_classes=3, image_size=16, channels=1, z_dim=8, g_width=8, d_width=8, arch="dcgan")
+    assert ckpt["config"] == dict(n_classes=3, image_size=16, channels=1, z_dim=8, g_width=8, d_width=8, arch="resize")
     assert GanParams(**ckpt["params"]) == p
     assert not state_dicts_equal(ckpt["generator"], ckpt["generator_ema"])
     ema, cfg, names = load_generator(tmp_path / "gan.pt", "ema")
@@ -334,10 +334,11 @@ def test_bf16_autocast_trains_fp32_weights_to_a_different_finite_result(digits):
     assert not state_dicts_equal(fp32.g_net.state_dict(), bf16.g_net.state_dict())  # the convolutions ran in bf16
 
 
-def test_resize_arch_trains_and_its_checkpoint_loads_as_resize(digits, tmp_path):
-    p = GanParams(steps=3, arch="resize", **{**TINY, "freeze_d_blocks": 4})
+def test_dcgan_arch_trains_and_its_checkpoint_loads_as_dcgan(digits, tmp_path):
+    p = GanParams(steps=3, arch="dcgan", **TINY)
     train_gan(digits, p, tmp_path / "gan.pt", tmp_path / "ckpt", CPU)
     net, cfg, _ = load_generator(tmp_path / "gan.pt")
-    assert cfg.arch == "resize" and isinstance(net, ARCHS["resize"][0])
+    assert cfg.arch == "dcgan" and isinstance(net, ARCHS["dcgan"][0])
+    assert GanParams(freeze_d_blocks=4).arch == "resize"  # the default D has 4 conv layers
     with pytest.raises(ValueError, match="freeze_d_blocks=4: the dcgan discriminator has 3 conv layers"):
-        GanParams(freeze_d_blocks=4)
+        GanParams(arch="dcgan", freeze_d_blocks=4)
