@@ -18,7 +18,7 @@ rounds of images per second.
 - The default `dvc repro` in a throw-away copy of the project: wall time, peak
   RSS (the largest process), and the wall time of a re-run with nothing changed.
 
-    .venv/bin/python -m bench.throughput            # about 10 min on 2 cores, 3 of them the default repro
+    .venv/bin/python -m bench.throughput            # about 5 min on 2 cores, 2 of them the default repro
 """
 from __future__ import annotations
 
