@@ -2,6 +2,7 @@
 throw-away project copies and the sections of `docs/benchmarks.md` they (re)write."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -113,6 +114,15 @@ def write_section(doc: Path, name: str, body: str) -> None:
     tmp = doc.with_name(f".{doc.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(doc)
+
+
+def publish(doc: Path, name: str, body: str, raw: Optional[Path], data: dict) -> None:
+    """Write `body` as the `name` section of `doc`, `data` as JSON to `raw` (when given), and print `body`."""
+    write_section(doc, name, body)
+    if raw:
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        raw.write_text(json.dumps(data, indent=2) + "\n")
+    print(body)
 
 
 def read_section(doc: Path, name: str) -> Optional[str]:

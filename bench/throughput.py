@@ -44,7 +44,7 @@ import yaml
 from PIL import Image
 
 from bench.common import (DOC, ROOT, command_line, deep_update, machine, make_project, markdown_table,
-                          parse_overrides, tool_env, write_section)
+                          parse_overrides, tool_env, publish)
 from stages.classifier_model import ClassifierConfig, build_classifier, save_classifier
 from stages.data import ImageSet, load_prepared, to_float, to_uint8
 from stages.finetune import finetune
@@ -559,11 +559,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     result["load_after"] = os.getloadavg()[0]
     body = render(result, command_line())
-    write_section(args.out, "throughput", body)
-    if args.raw:
-        args.raw.parent.mkdir(parents=True, exist_ok=True)
-        args.raw.write_text(json.dumps(result, indent=2) + "\n")
-    print(body)
+    publish(args.out, "throughput", body, args.raw, result)
     return result
 
 

@@ -44,7 +44,7 @@ import pandas as pd
 import yaml
 
 from bench.common import (DOC, ROOT, Skip, command_line, deep_update, fmt_ci, fmt_delta, machine, make_project,
-                          markdown_table, mean_ci, parse_overrides, shared_file, tool_env, usable_cores, write_section)
+                          markdown_table, mean_ci, parse_overrides, shared_file, tool_env, usable_cores, publish)
 from pipeline.dag import StageDag, read_dag
 
 QUICK = {"seeds": [0], "shots": [5, 20]}
@@ -347,11 +347,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     run.update(workers=args.jobs, threads=args.threads)
     mode = f"{args.mode} (seeds {args.seeds}, shots {args.shots}, datasets {', '.join(args.datasets)})"
     body = render(run, mode, command_line())
-    write_section(args.out, "uplift", body)
-    if args.raw:
-        args.raw.parent.mkdir(parents=True, exist_ok=True)
-        args.raw.write_text(json.dumps(run, indent=2) + "\n")
-    print(body)
+    publish(args.out, "uplift", body, args.raw, run)
     return run
 
 

@@ -108,13 +108,20 @@ class Discriminator(nn.Module):
         super().__init__()
         self.cfg = cfg
         w = cfg.d_width
-        self.convs = nn.ModuleList([
-            spectral_norm(nn.Conv2d(cfg.channels, w, 4, stride=2, padding=1)),  # S/2
-            spectral_norm(nn.Conv2d(w, 2 * w, 4, stride=2, padding=1)),  # S/4
-            spectral_norm(nn.Conv2d(2 * w, 2 * w, 3, padding=1)),  # S/4
-        ])
+        # each conv built and spectral-normed in turn (the order of the random init draws)
+        self.convs = nn.ModuleList([spectral_norm(nn.Conv2d(*spec)) for spec in self.conv_specs(cfg)])
         self.linear = spectral_norm(nn.Linear(2 * w, 1))
         self.embed = spectral_norm(nn.Embedding(cfg.n_classes, 2 * w))
+
+    @staticmethod
+    def conv_specs(cfg: GanConfig) -> list[tuple[int, int, int, int, int]]:
+        """(in, out, kernel, stride, padding) of D's convs, from the image to (2W, S/4, S/4)."""
+        w = cfg.d_width
+        return [
+            (cfg.channels, w, 4, 2, 1),  # S/2
+            (w, 2 * w, 4, 2, 1),  # S/4
+            (2 * w, 2 * w, 3, 1, 1),  # S/4
+        ]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, S, S) -> globally sum-pooled features (B, 2W)."""
@@ -168,18 +175,15 @@ class ResizeGenerator(nn.Module):
 class ResizeDiscriminator(Discriminator):
     """gan.arch=resize: a 3x3 conv at full resolution, then as `Discriminator` with a 2W-wide 3x3 conv at S/4."""
 
-    def __init__(self, cfg: GanConfig):
-        nn.Module.__init__(self)
-        self.cfg = cfg
+    @staticmethod
+    def conv_specs(cfg: GanConfig) -> list[tuple[int, int, int, int, int]]:
         w = cfg.d_width
-        self.convs = nn.ModuleList([
-            spectral_norm(nn.Conv2d(cfg.channels, w // 2, 3, padding=1)),  # S
-            spectral_norm(nn.Conv2d(w // 2, w, 4, stride=2, padding=1)),  # S/2
-            spectral_norm(nn.Conv2d(w, 2 * w, 4, stride=2, padding=1)),  # S/4
-            spectral_norm(nn.Conv2d(2 * w, 2 * w, 3, padding=1)),  # S/4
-        ])
-        self.linear = spectral_norm(nn.Linear(2 * w, 1))
-        self.embed = spectral_norm(nn.Embedding(cfg.n_classes, 2 * w))
+        return [
+            (cfg.channels, w // 2, 3, 1, 1),  # S
+            (w // 2, w, 4, 2, 1),  # S/2
+            (w, 2 * w, 4, 2, 1),  # S/4
+            (2 * w, 2 * w, 3, 1, 1),  # S/4
+        ]
 
 
 ARCHS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {

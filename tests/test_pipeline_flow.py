@@ -78,13 +78,16 @@ def main(stage, *args):
 main(*sys.argv[1:])
 '''
 
-TOY_DAG = """\
+ONE_STAGE = """\
 stages:
   prepare:
     cmd: python toy.py prepare
     deps: [toy.py]
     params: [data.shots]
     outs: [data/prepared]
+"""
+
+TOY_DAG = ONE_STAGE + """\
   finetune:
     foreach: [baseline, augmented]
     do:
@@ -98,15 +101,6 @@ stages:
     metrics:
       - metrics/eval.json:
           cache: false
-"""
-
-ONE_STAGE = """\
-stages:
-  prepare:
-    cmd: python toy.py prepare
-    deps: [toy.py]
-    params: [data.shots]
-    outs: [data/prepared]
 """
 
 
