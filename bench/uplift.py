@@ -13,7 +13,7 @@ every training seed. Stage wall times are read off `dvc repro`'s output as it
 streams.
 
     .venv/bin/python -m bench.uplift --quick      # 1 seed, 5 and 20 shots, 3 datasets: < 30 min on 2 cores
-    .venv/bin/python -m bench.uplift              # 3 seeds, 5/10/20/50 shots (36 runs): about an hour
+    .venv/bin/python -m bench.uplift              # 3 seeds, 5/10/20/50 shots (36 runs): about an hour; own section
 
 Datasets (all at the pipeline's default 16x16; `--set data.image_size=28` for
 more detail at about 3x the GAN cost): `fashion` (Fashion-MNIST, source classes
@@ -283,7 +283,7 @@ def render(run: dict, mode: str, command: str) -> str:
                "one seed, so no interval over seeds; the deltas carry the `evaluate` stage's paired-bootstrap 95% "
                "interval over test images (test-set noise only, not shot-sampling or training noise)")
     out = [
-        "## Uplift: does GAN augmentation help? (`bench/uplift.py`)", "",
+        f"## Uplift{', full grid' if mode.startswith('full') else ''}: does GAN augmentation help? (`bench/uplift.py`)", "",
         f"- Command: `{command}`",
         f"- Mode: {mode}; run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; total wall time "
         f"{run['seconds'] / 60:.1f} min ({run['workers']} pipeline(s) at a time, GANAUG_THREADS={run['threads']})",
@@ -324,7 +324,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     cores = usable_cores()
     ap.add_argument("--jobs", type=int, default=cores, help="pipelines run at a time (default: the usable cores)")
     ap.add_argument("--threads", type=int, help="GANAUG_THREADS of the stages (default: cores // jobs, at least 1)")
-    ap.add_argument("--out", type=Path, default=DOC, help="markdown file whose `uplift` section is (re)written")
+    ap.add_argument("--out", type=Path, default=DOC, help="markdown file whose `uplift` section (`uplift_full` for the full grid) is (re)written")
     ap.add_argument("--raw", type=Path, help="also write every cell's numbers as JSON here")
     ap.add_argument("--work", type=Path, help="keep the project copies in this folder (default: a temporary one, removed)")
     args = ap.parse_args(argv)
@@ -347,7 +347,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     run.update(workers=args.jobs, threads=args.threads)
     mode = f"{args.mode} (seeds {args.seeds}, shots {args.shots}, datasets {', '.join(args.datasets)})"
     body = render(run, mode, command_line())
-    publish(args.out, "uplift", body, args.raw, run)
+    # the full grid gets its own section, so that a full run does not replace the quick-mode tables
+    publish(args.out, "uplift_full" if args.mode == "full" else "uplift", body, args.raw, run)
     return run
 
 
