@@ -111,10 +111,12 @@ class ReferenceLoop:
     """The DCGAN tutorial's loop: DataLoader batches, BCE, one D and one G update, `.item()` logged every step.
 
     `lean=True`: the same maths with the data kept as one tensor (indexing, no DataLoader) and no `.item()`.
+    `nets`: run this loop on other nets (ganaug's G and D), which separates the loop's cost from the nets'.
     """
 
-    def __init__(self, ds: ImageSet, cfg: GanConfig, target_params: int, batch_size: int, lean: bool = False):
-        self.g_net, self.d_net = reference_nets(cfg, target_params)
+    def __init__(self, ds: ImageSet, cfg: GanConfig, target_params: int, batch_size: int, lean: bool = False,
+                 nets: Optional[tuple[nn.Module, nn.Module]] = None):
+        self.g_net, self.d_net = nets or reference_nets(cfg, target_params)
         self.z_dim, self.batch_size, self.lean = cfg.z_dim, batch_size, lean
         self.opt_g = torch.optim.Adam(self.g_net.parameters(), lr=2e-4, betas=(0.5, 0.999))
         self.opt_d = torch.optim.Adam(self.d_net.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -296,12 +298,16 @@ def measure_gan(s: Setup, compile_nets: bool) -> dict:
         "reference_1_thread": "reference, 1 thread",
         "ganaug_bf16_1_thread": "ganaug, 1 thread, gan.precision=bf16",
         "ganaug_compile": f"ganaug, {n} thread(s), torch.compile",
+        "plain_loop_ganaug_nets": f"the reference loop on ganaug's G and D, {n} thread(s)",
     }
     runners = {"ganaug": with_threads(n, ganaug_runner(trainer)), "reference": with_threads(d, ref_runner(ref))}
     if d != n:
         runners["reference_same_threads"] = with_threads(n, reference())
     runners["ganaug_bf16"] = with_threads(n, ganaug_runner(ganaug_trainer(s.ds, bf16)))
     runners["reference_lean"] = with_threads(n, reference(lean=True))
+    plain = ganaug_trainer(s.ds, s.p, channels_last=False)  # fresh nets of the same init, NCHW as a plain loop has them
+    runners["plain_loop_ganaug_nets"] = with_threads(
+        n, ref_runner(ReferenceLoop(s.ds, cfg, target, s.p.gan.batch_size, nets=(plain.g_net, plain.d_net))))
     runners["ganaug_nchw"] = with_threads(n, ganaug_runner(ganaug_trainer(s.ds, s.p, channels_last=False)))
     runners["ganaug_unfused"] = with_threads(n, ganaug_runner(ganaug_trainer(s.ds, s.p, fused=False)))
     if n > 1:
@@ -324,6 +330,7 @@ def measure_gan(s: Setup, compile_nets: bool) -> dict:
     out["ratio_as_run"] = rates["ganaug"] / rates["reference"]
     out["ratio_same_threads"] = rates["ganaug"] / rates["reference_same_threads"]
     out["ratio_bf16"] = rates["ganaug_bf16"] / rates["reference_same_threads"]
+    out["ratio_same_nets"] = rates["ganaug"] / rates["plain_loop_ganaug_nets"]
     return out
 
 
@@ -507,6 +514,8 @@ def render(r: dict, command: str) -> str:
         f"as each runs by default: {gan['ratio_as_run']:.2f}x). Real images per second; batch {gan['batch_size']}, {gan['image_size']}x{gan['image_size']} "
         f"images; parameters ganaug {gan['params_ganaug']:,} vs reference {gan['params_reference']:,}; multiply-adds per image "
         f"(one G and one D forward) ganaug {gan['macs_ganaug'] / 1e6:.1f} M vs reference {gan['macs_reference'] / 1e6:.1f} M.", "",
+        f"The loop alone, on the same nets: ganaug's step / the reference loop running ganaug's G and D "
+        f"(BCE, `DataLoader`, `.item()`, NCHW; no DiffAugment or EMA): **{gan['ratio_same_nets']:.2f}x**.", "",
         _rates_table("GAN training step", ips),
     ]
     out += ["", "What each setting bought (ganaug's step unless named):", "", *bought(gan, r["default_gan_steps"])]

@@ -87,6 +87,9 @@ def test_throughput_on_tiny_sizes_reports_ratios_and_rates(tmp_path):
     assert abs(gan["params_reference"] - gan["params_ganaug"]) <= 0.05 * gan["params_ganaug"]
     assert f"ganaug / reference: {gan['ratio_same_threads']:.2f}x with ganaug's default" in section
     assert f"{gan['ratio_bf16']:.2f}x with `gan.precision: bf16`" in section
+    # the loop alone: ganaug's step against the reference loop running ganaug's own G and D
+    assert gan["ratio_same_nets"] == gan["rates"]["ganaug"] / gan["rates"]["plain_loop_ganaug_nets"]
+    assert "running ganaug's G and D" in section and f"**{gan['ratio_same_nets']:.2f}x**" in section
     for part in ("gan", "synthesis", "finetune"):
         rates = result[part]["images_per_s"]
         assert len(rates) >= 2 and all(math.isfinite(v) and v > 0 for v in rates.values()), part
