@@ -112,15 +112,16 @@ class ReferenceLoop:
 
     `lean=True`: the same maths with the data kept as one tensor (indexing, no DataLoader) and no `.item()`.
     `nets`: run this loop on other nets (ganaug's G and D), which separates the loop's cost from the nets'.
+    `device`: nets, data and noise there (with a GPU, `lean=True`: the images live on the device).
     """
 
     def __init__(self, ds: ImageSet, cfg: GanConfig, target_params: int, batch_size: int, lean: bool = False,
-                 nets: Optional[tuple[nn.Module, nn.Module]] = None):
-        self.g_net, self.d_net = nets or reference_nets(cfg, target_params)
-        self.z_dim, self.batch_size, self.lean = cfg.z_dim, batch_size, lean
+                 nets: Optional[tuple[nn.Module, nn.Module]] = None, device: torch.device = CPU):
+        self.g_net, self.d_net = (m.to(device) for m in (nets or reference_nets(cfg, target_params)))
+        self.z_dim, self.batch_size, self.lean, self.device = cfg.z_dim, batch_size, lean, device
         self.opt_g = torch.optim.Adam(self.g_net.parameters(), lr=2e-4, betas=(0.5, 0.999))
         self.opt_d = torch.optim.Adam(self.d_net.parameters(), lr=2e-4, betas=(0.5, 0.999))
-        self.x, self.y = to_float(ds.x), torch.as_tensor(np.array(ds.y), dtype=torch.long)
+        self.x, self.y = to_float(ds.x).to(device), torch.as_tensor(np.array(ds.y), dtype=torch.long).to(device)
         self.loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(self.x, self.y),
                                                   batch_size=batch_size, shuffle=True, drop_last=True)
         self.batches: Iterator = iter(())
@@ -129,7 +130,7 @@ class ReferenceLoop:
 
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.lean:
-            idx = torch.randint(len(self.y), (self.batch_size,), generator=self.g)
+            idx = torch.randint(len(self.y), (self.batch_size,), generator=self.g).to(self.device)
             return self.x[idx], self.y[idx]
         try:
             return next(self.batches)
@@ -139,8 +140,8 @@ class ReferenceLoop:
 
     def step(self) -> None:
         x, y = self._batch()
-        ones, zeros = torch.ones(len(y)), torch.zeros(len(y))
-        fake = self.g_net(torch.randn(len(y), self.z_dim), y)
+        ones, zeros = torch.ones(len(y), device=self.device), torch.zeros(len(y), device=self.device)
+        fake = self.g_net(torch.randn(len(y), self.z_dim, device=self.device), y)
         loss_d = (F.binary_cross_entropy_with_logits(self.d_net(x, y), ones)
                   + F.binary_cross_entropy_with_logits(self.d_net(fake.detach(), y), zeros))
         self.opt_d.zero_grad(set_to_none=True)
@@ -157,11 +158,12 @@ class ReferenceLoop:
 # ---------------------------------------------------------------- ganaug's step, as train_gan runs it
 
 def ganaug_trainer(ds: ImageSet, p: Params, channels_last: bool = True, fused: bool = True,
-                   compile_nets: bool = False) -> GanTrainer:
+                   compile_nets: bool = False, device: torch.device = CPU) -> GanTrainer:
     """train_gan's trainer on `ds`; `channels_last=False` / `fused=False` undo those two settings to measure them."""
     cfg = GanConfig(len(ds.class_names), ds.x.shape[-1], ds.x.shape[1], p.gan.z_dim, p.gan.g_width, p.gan.d_width,
                     p.gan.arch)
-    trainer = GanTrainer(cfg, p.gan, BalancedBatches(to_float(ds.x), torch.as_tensor(np.array(ds.y)), cfg.n_classes), CPU)
+    real = BalancedBatches(to_float(ds.x).to(device), torch.as_tensor(np.array(ds.y)), cfg.n_classes)
+    trainer = GanTrainer(cfg, p.gan, real, device)
     if not channels_last:
         trainer.memory_format = torch.contiguous_format
         for net in (trainer.g_net, trainer.d_net, trainer.g_ema):

@@ -119,3 +119,14 @@ def test_mean_ci_is_the_student_t_interval():
     m, h = mean_ci([1.0, 2.0, 3.0])
     assert m == 2.0 and h == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)
     assert mean_ci([0.5]) == (0.5, None)
+
+
+def test_gpu_step_smoke_run_on_the_cpu_reports_both_loops(tmp_path):
+    doc, raw = tmp_path / "benchmarks.md", tmp_path / "gpu_step.json"
+    bench("gpu_step", ["--device", "cpu", "--batch-sizes", "8", "--precisions", "fp32", "--steps", "2", "--rounds", "1",
+                       "--set", "gan.g_width=16", "--set", "gan.d_width=16", "--out", str(doc), "--raw", str(raw)])
+    (row,) = json.loads(raw.read_text())["rows"]
+    assert row["batch_size"] == 8 and row["ganaug"] > 0 and row["reference"] > 0
+    assert abs(row["params_reference"] - row["params_ganaug"]) <= 0.05 * row["params_ganaug"]
+    rows = table_rows(read_section(doc, "gpu_step"), "| batch")
+    assert rows == [["8", "fp32", f"{row['ganaug']:.0f}", f"{row['reference']:.0f}", f"{row['ratio']:.2f}x"]]
