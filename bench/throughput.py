@@ -48,7 +48,7 @@ from bench.common import (DOC, ROOT, command_line, deep_update, machine, make_pr
 from stages.classifier_model import ClassifierConfig, build_classifier, save_classifier
 from stages.data import ImageSet, load_prepared, to_float, to_uint8
 from stages.finetune import finetune
-from stages.gan_model import GanConfig
+from stages.gan_model import GanConfig, build_discriminator, build_generator
 from stages.params import Params, parse_params
 from stages.prepare import prepare
 from stages.runtime import configure_threads
@@ -307,9 +307,9 @@ def measure_gan(s: Setup, compile_nets: bool) -> dict:
         runners["reference_same_threads"] = with_threads(n, reference())
     runners["ganaug_bf16"] = with_threads(n, ganaug_runner(ganaug_trainer(s.ds, bf16)))
     runners["reference_lean"] = with_threads(n, reference(lean=True))
-    plain = ganaug_trainer(s.ds, s.p, channels_last=False)  # fresh nets of the same init, NCHW as a plain loop has them
+    ganaug_nets = (build_generator(cfg).train(), build_discriminator(cfg).train())  # NCHW, as a plain loop has them
     runners["plain_loop_ganaug_nets"] = with_threads(
-        n, ref_runner(ReferenceLoop(s.ds, cfg, target, s.p.gan.batch_size, nets=(plain.g_net, plain.d_net))))
+        n, ref_runner(ReferenceLoop(s.ds, cfg, target, s.p.gan.batch_size, nets=ganaug_nets)))
     runners["ganaug_nchw"] = with_threads(n, ganaug_runner(ganaug_trainer(s.ds, s.p, channels_last=False)))
     runners["ganaug_unfused"] = with_threads(n, ganaug_runner(ganaug_trainer(s.ds, s.p, fused=False)))
     if n > 1:

@@ -82,22 +82,31 @@ class UpBlock(nn.Module):
 
 
 class Generator(nn.Module):
+    """gan.arch=dcgan: z -> linear -> (4W, S/4, S/4) -> [4x4 transposed conv, CBN, ReLU] x 2 -> 3x3 conv -> tanh."""
+
+    block: type[nn.Module] = UpBlock  # doubles H and W
+
+    @staticmethod
+    def widths(w: int) -> tuple[int, int, int]:
+        """Channels at S/4, S/2 and S for g_width `w`."""
+        return 4 * w, 2 * w, w
+
     def __init__(self, cfg: GanConfig):
         super().__init__()
         self.cfg = cfg
-        w, self.base = cfg.g_width, cfg.image_size // 4
-        self.project = nn.Linear(cfg.z_dim, 4 * w * self.base * self.base, bias=False)
-        self.norm0 = ConditionalBatchNorm2d(4 * w, cfg.n_classes)
-        self.up1 = UpBlock(4 * w, 2 * w, cfg.n_classes)
-        self.up2 = UpBlock(2 * w, w, cfg.n_classes)
-        self.to_image = nn.Conv2d(w, cfg.channels, 3, padding=1)
+        (c0, c1, c2), self.base = self.widths(cfg.g_width), cfg.image_size // 4
+        self.project = nn.Linear(cfg.z_dim, c0 * self.base * self.base, bias=False)
+        self.norm0 = ConditionalBatchNorm2d(c0, cfg.n_classes)
+        self.up1 = self.block(c0, c1, cfg.n_classes)
+        self.up2 = self.block(c1, c2, cfg.n_classes)
+        self.to_image = nn.Conv2d(c2, cfg.channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """z (B, z_dim), y (B,) long -> images (B, C, S, S) in [-1, 1]."""
-        x = self.project(z).view(len(z), -1, self.base, self.base)  # (B, 4W, S/4, S/4)
+        x = self.project(z).view(len(z), -1, self.base, self.base)  # (B, C0, S/4, S/4)
         x = F.relu(self.norm0(x, y))
-        x = self.up1(x, y)  # (B, 2W, S/2, S/2)
-        x = self.up2(x, y)  # (B, W, S, S)
+        x = self.up1(x, y)  # (B, C1, S/2, S/2)
+        x = self.up2(x, y)  # (B, C2, S, S)
         return torch.tanh(self.to_image(x))  # (B, C, S, S)
 
 
@@ -150,26 +159,14 @@ class ResizeUpBlock(nn.Module):
         return F.relu(self.norm(self.conv(x), y))  # (B, C_out, 2H, 2W)
 
 
-class ResizeGenerator(nn.Module):
+class ResizeGenerator(Generator):
     """gan.arch=resize: z -> linear -> (2W, S/4, S/4) -> [nearest x2, 3x3 conv, CBN, ReLU] x 2 -> 3x3 conv -> tanh."""
 
-    def __init__(self, cfg: GanConfig):
-        super().__init__()
-        self.cfg = cfg
-        w, self.base = cfg.g_width, cfg.image_size // 4
-        self.project = nn.Linear(cfg.z_dim, 2 * w * self.base * self.base, bias=False)
-        self.norm0 = ConditionalBatchNorm2d(2 * w, cfg.n_classes)
-        self.up1 = ResizeUpBlock(2 * w, w, cfg.n_classes)
-        self.up2 = ResizeUpBlock(w, w // 2, cfg.n_classes)
-        self.to_image = nn.Conv2d(w // 2, cfg.channels, 3, padding=1)
+    block = ResizeUpBlock
 
-    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """z (B, z_dim), y (B,) long -> images (B, C, S, S) in [-1, 1]."""
-        x = self.project(z).view(len(z), -1, self.base, self.base)  # (B, 2W, S/4, S/4)
-        x = F.relu(self.norm0(x, y))
-        x = self.up1(x, y)  # (B, W, S/2, S/2)
-        x = self.up2(x, y)  # (B, W/2, S, S)
-        return torch.tanh(self.to_image(x))  # (B, C, S, S)
+    @staticmethod
+    def widths(w: int) -> tuple[int, int, int]:
+        return 2 * w, w, w // 2
 
 
 class ResizeDiscriminator(Discriminator):
