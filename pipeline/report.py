@@ -89,6 +89,8 @@ def _metrics_section(ev: Optional[dict[str, Any]]) -> list[str]:
     for name, d in (ev.get("vs_baseline") or {}).items():
         out.append(f"- Delta {name} - {BASELINE}: accuracy {_delta(d.get('accuracy'))}, "
                    f"macro-F1 {_delta(d.get('macro_f1'))}")
+    if ev.get("recommendation"):
+        out += ["", f"**{ev['recommendation']}**"]
     return out + [""]
 
 

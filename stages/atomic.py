@@ -6,10 +6,18 @@ renamed into place at the end (`os.replace` is atomic on one file system).
 A process killed mid-write (SIGKILL runs no cleanup) leaves only such a hidden
 temporary, never a partial `<name>`; the next write of the same output removes
 temporaries whose process is gone.
+
+A folder that already exists is swapped with the new one in one step
+(`renameat2(RENAME_EXCHANGE)` on Linux), so there is no moment without an
+output. Where the OS or file system has no exchange, the old folder is moved
+aside to `.<name>.old-<pid>` first; if the writer is killed in that window, the
+next writer (or `remove_stale_temporaries`) puts it back instead of deleting it.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import glob
 import json
 import os
@@ -59,9 +67,31 @@ def stale_temporaries(path: str | Path) -> list[Path]:
 
 
 def remove_stale_temporaries(path: str | Path) -> None:
-    """Delete what killed writers of `path` left behind."""
+    """Delete what killed writers of `path` left behind; an old output moved aside is put back if `path` is gone."""
+    path = Path(path)
     for p in stale_temporaries(path):
-        _remove(p)
+        if ".old-" in p.name[len(path.name) + 1:] and not (path.exists() or path.is_symlink()):
+            os.replace(p, path)  # killed between moving the old output aside and moving the new one in
+        else:
+            _remove(p)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically (Linux renameat2); False where the OS or file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 @contextlib.contextmanager
@@ -77,6 +107,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if path.is_dir() and not path.is_symlink() and exchange(tmp, path):
+        shutil.rmtree(tmp, ignore_errors=True)  # now the old output
+        return
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     _remove(old)
     if path.exists() or path.is_symlink():

@@ -287,3 +287,17 @@ def load_training_set(path: Path, image_size: int, channels: int) -> ImageSet:
     if path.suffix == ".npz":
         return load_prepared(path)
     return load_manifest_set(path, LoadOptions(image_size, channels))
+
+
+def load_synthetic(root: Path, like: ImageSet) -> Optional[ImageSet]:
+    """The synthetic set labelled by `like`'s classes (a filter may have left some empty); None when empty."""
+    df = read_manifest(root)
+    if df.empty:
+        return None
+    unknown = sorted(set(df["class_name"]) - set(like.class_names))
+    if unknown:
+        raise DataError(f"{root / MANIFEST}: classes {unknown} are not target classes {like.class_names}")
+    _, c, s, _ = like.x.shape
+    x = np.stack([read_image(safe_join(root, rel), s, c, s * s) for rel in df["path"]])
+    y = np.array([like.class_names.index(n) for n in df["class_name"]], dtype=np.int64)
+    return ImageSet(x, y, list(like.class_names))

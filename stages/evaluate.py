@@ -78,6 +78,7 @@ def write_outputs(results: dict, deltas: dict, test: ImageSet, out: Path = Path(
     if vs_classical:
         summary["vs_classical"] = vs_classical
     summary["n_test"] = len(test)
+    summary["recommendation"] = recommendation(deltas)
     write_json(out / "metrics/eval.json", summary)
     rows = [{"variant": n, "class": c, **v} for n, r in results.items() for c, v in r["per_class"].items()]
     with atomic_file(out / "reports/per_class.csv") as tmp:
@@ -107,11 +108,24 @@ def best_line(results: dict, deltas: dict) -> str:
                    f"({f1['ci95_low']:+.4f} to {f1['ci95_high']:+.4f}).")
 
 
+def recommendation(deltas: dict) -> str:
+    """The variant to use on this data: the one with the highest lower interval bound over real-only, if above 0."""
+    helped = {n: d["macro_f1"] for n, d in deltas.items() if d["macro_f1"]["ci95_low"] > 0}
+    if not helped:
+        return (f"Recommendation: keep {BASELINE} (real shots only). No variant beat it with a 95% interval "
+                "that excludes 0: on this data the synthetic or relabelled images did not clearly help.")
+    name = max(helped, key=lambda n: helped[n]["ci95_low"])
+    f1 = helped[name]
+    return (f"Recommendation: use {name}: macro-F1 {f1['delta']:+.4f} over {BASELINE} (95% interval "
+            f"{f1['ci95_low']:+.4f} to {f1['ci95_high']:+.4f}, the highest lower bound of the variants that helped). "
+            "This interval covers test-set noise only; bench/uplift.py measures it over seeds.")
+
+
 def render_report(results: dict, deltas: dict, test: ImageSet, vs_classical: dict | None = None) -> str:
     lines = ["# ganaug evaluation", "", f"Held-out real test set: {len(test)} images, {len(test.class_names)} classes.", "",
              "| variant | accuracy | macro-F1 |", "|---|---|---|"]
     lines += [f"| {n} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} |" for n, r in results.items()]
-    lines += ["", best_line(results, deltas), ""]
+    lines += ["", best_line(results, deltas), "", recommendation(deltas), ""]
     for ref, table in ((BASELINE, deltas), (CLASSICAL, vs_classical or {})):
         for name, d in table.items():
             f1 = d["macro_f1"]

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from stages.atomic import atomic_file, remove_stale_temporaries
 from stages.runtime import open_live, progress
+from stages.streams import Stream, bn_eval, schedule_phase, stream_loss
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -50,6 +51,13 @@ class FitConfig:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 100  # steps between checkpoints (only when fit() gets a ckpt_path)
+    # the second stream (`stages/streams.py`; only when fit() gets a `stream`)
+    stream_batch: int = 32  # stream images per step, besides `batch_size` real ones
+    stream_weight: float = 1.0  # weight of the stream's loss (0: the real-only run, bit for bit)
+    hard_weight: float = 0.0  # weight of the hard labels in the stream's loss (0: distillation only)
+    schedule: str = "joint"  # streams.SCHEDULES
+    first_fraction: float = 0.5  # schedule synthetic_first: this fraction of the steps on the stream alone
+    bn: str = "real"  # streams.BN_MODES: real (stream batches use BN in eval mode) | frozen (always eval) | joint
 
 
 def _param_groups(model: nn.Module, cfg: FitConfig) -> list[dict]:
@@ -71,14 +79,23 @@ def _cosine(step: int, total: int) -> float:
 
 # ---------------------------------------------------------------- checkpoints
 
+def _describe_augment(augment: Optional[Augment]) -> str:
+    return f"{getattr(augment, '__module__', '')}.{getattr(augment, '__qualname__', augment)}"
+
+
 def fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FitConfig, device: torch.device,
-                augment: Optional[Augment]) -> str:
-    """sha256 of what a run's result depends on: config, data, starting weights, augmentation, device type."""
+                augment: Optional[Augment], stream: Optional[Stream] = None,
+                stream_augment: Optional[Augment] = None) -> str:
+    """sha256 of what a run's result depends on: config, data, stream, starting weights, augmentations, device type."""
     h = hashlib.sha256()
     conf = {k: v for k, v in asdict(cfg).items() if k != "checkpoint_every"}
     h.update(repr(sorted(conf.items())).encode())
-    h.update(f"{device.type}|{getattr(augment, '__module__', '')}.{getattr(augment, '__qualname__', augment)}".encode())
-    for name, t in [("x", x), ("y", y), *model.state_dict().items()]:
+    h.update(f"{device.type}|{_describe_augment(augment)}|{_describe_augment(stream_augment)}".encode())
+    tensors = [("x", x), ("y", y), *model.state_dict().items()]
+    if stream is not None:
+        tensors += [("stream_x", stream.x), ("stream_soft", stream.soft), ("stream_hard", stream.hard)]
+        h.update(f"T={stream.temperature}".encode())
+    for name, t in tensors:
         arr = t.detach().cpu().contiguous()
         h.update(f"{name}|{arr.dtype}|{tuple(arr.shape)}|".encode())
         h.update(arr.view(-1).view(torch.uint8).numpy().tobytes() if arr.numel() else b"")
@@ -108,6 +125,54 @@ def load_checkpoint(path: Optional[Path], fp: str) -> Optional[dict]:
     return state
 
 
+@dataclass
+class _Batches:
+    """What one step trains on: a real batch and/or a stream batch (None where the schedule leaves one out)."""
+
+    xb: Optional[torch.Tensor] = None  # (B, C, H, W) real images
+    yb: Optional[torch.Tensor] = None  # (B,) their labels
+    xs: Optional[torch.Tensor] = None  # (S, C, H, W) stream images
+    soft: Optional[torch.Tensor] = None  # (S, K) their teacher probabilities
+    hard: Optional[torch.Tensor] = None  # (S,) their hard labels (-1: none)
+
+
+def _draw(step: int, x: torch.Tensor, y: torch.Tensor, stream: Optional[Stream], cfg: FitConfig,
+          g: torch.Generator, gs: torch.Generator, augment: Optional[Augment],
+          stream_augment: Optional[Augment]) -> _Batches:
+    """The step's batches. Real and stream draws use their own generators, so the real batches of a run
+    with a stream are those of the same run without one."""
+    phase = schedule_phase(step, cfg.steps, cfg.schedule, cfg.first_fraction) if stream is not None else "real"
+    b = _Batches()
+    if phase != "stream":
+        idx = torch.randint(len(y), (min(cfg.batch_size, len(y)),), generator=g).to(x.device)
+        b.xb, b.yb = x[idx], y[idx]
+        if augment is not None:
+            b.xb = augment(b.xb, g)
+    if stream is not None and phase != "real":
+        j = torch.randint(len(stream), (min(cfg.stream_batch, len(stream)),), generator=gs).to(x.device)
+        b.xs, b.soft, b.hard = stream.x[j], stream.soft[j], stream.hard[j]
+        if stream_augment is not None:
+            b.xs = stream_augment(b.xs, gs)
+    return b
+
+
+def _forward(model: nn.Module, b: _Batches, bn: str) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Logits of the real and the stream batch. BatchNorm: `joint` normalises both batches together; `real`
+    runs the stream batch with BN in eval mode (statistics from real batches only); `frozen` uses the
+    running statistics for both."""
+    if bn == "joint" and b.xb is not None and b.xs is not None:
+        logits = model(torch.cat([b.xb, b.xs]))  # (B + S, K)
+        return logits[: len(b.xb)], logits[len(b.xb):]
+    real = stream = None
+    if b.xb is not None:
+        with bn_eval(model, active=bn == "frozen"):
+            real = model(b.xb)  # (B, K)
+    if b.xs is not None:
+        with bn_eval(model, active=bn in ("real", "frozen")):
+            stream = model(b.xs)  # (S, K)
+    return real, stream
+
+
 def fit(
     model: nn.Module,
     x: torch.Tensor,  # (N, C, H, W) float in [-1, 1]
@@ -119,32 +184,40 @@ def fit(
     desc: str = "fit",
     ckpt_path: Optional[Path] = None,
     stop_after: Optional[int] = None,
+    stream: Optional[Stream] = None,
+    stream_augment: Optional[Augment] = None,
 ) -> dict:
     """Train `model` for `cfg.steps` AdamW steps with a cosine schedule; return a summary.
 
+    With `stream` (`stages/streams.py`), every step also draws `cfg.stream_batch`
+    stream images and adds `cfg.stream_weight` x their loss (`stream_loss`).
     With `ckpt_path`, checkpoint every `cfg.checkpoint_every` steps and resume
     from a matching checkpoint there. `stop_after` (for tests) returns after that
     many steps in total as if the process had been killed: the last checkpoint
     stays and the summary says `"stopped": True`.
     """
     ckpt_path = Path(ckpt_path) if ckpt_path is not None else None
-    fp = fingerprint(model, x, y, cfg, device, augment) if ckpt_path is not None else ""
+    fp = fingerprint(model, x, y, cfg, device, augment, stream, stream_augment) if ckpt_path is not None else ""
     g = torch.Generator().manual_seed(cfg.seed)
+    gs = torch.Generator().manual_seed(cfg.seed + 1)  # the stream's draws and augmentation
     model.to(device).train()
     x, y = x.to(device), y.to(device)
+    if stream is not None:
+        stream = Stream(stream.x.to(device), stream.soft.to(device), stream.hard.to(device), stream.temperature)
     opt = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
     base_lrs = [grp["lr"] for grp in opt.param_groups]
-    loss_sum, n_loss, correct, seen, start, live_step = 0.0, 0, 0, 0, 0, 0
+    log = {"loss_sum": 0.0, "n_loss": 0, "correct": 0, "seen": 0, "stream_sum": 0.0}
+    start, live_step = 0, 0
     state = load_checkpoint(ckpt_path, fp)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         g.set_state(state["rng"])
+        gs.set_state(state["stream_rng"])
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
-        start, live_step = int(state["step"]), int(state["live_step"])
-        loss_sum, n_loss, correct, seen = float(state["loss_sum"]), int(state["n_loss"]), int(state["correct"]), int(state["seen"])
+        start, live_step, log = int(state["step"]), int(state["live_step"]), dict(state["log"])
     live = open_live(live_dir) if live_dir else None
     if live:
         live.step = live_step  # curves of a resumed run hold the steps from the resume point on
@@ -153,30 +226,35 @@ def fit(
     for step in progress(range(start, end), desc=desc, initial=start, total=cfg.steps):
         for grp, lr in zip(opt.param_groups, base_lrs):
             grp["lr"] = lr * _cosine(step, cfg.steps)
-        idx = torch.randint(len(y), (min(cfg.batch_size, len(y)),), generator=g).to(device)
-        xb, yb = x[idx], y[idx]
-        if augment is not None:
-            xb = augment(xb, g)
-        logits = model(xb)
-        loss = F.cross_entropy(logits, yb)
+        b = _draw(step, x, y, stream, cfg, g, gs, augment, stream_augment)
+        logits, stream_logits = _forward(model, b, cfg.bn)
+        loss = F.cross_entropy(logits, b.yb) if logits is not None else torch.zeros((), device=device)
+        if stream_logits is not None:
+            s_loss = stream_loss(stream_logits, b.soft, b.hard, stream.temperature, cfg.hard_weight)
+            loss = loss + cfg.stream_weight * s_loss
+            log["stream_sum"] += s_loss.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        loss_sum, n_loss = loss_sum + loss.item(), n_loss + 1
-        correct += (logits.argmax(1) == yb).sum().item()
-        seen += len(yb)
+        log["loss_sum"] += loss.item()
+        log["n_loss"] += 1
+        if logits is not None:
+            log["correct"] += (logits.argmax(1) == b.yb).sum().item()
+            log["seen"] += len(b.yb)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             if live:
-                live.log_metric("train/loss", loss_sum / n_loss)
-                live.log_metric("train/acc", correct / max(seen, 1))
+                live.log_metric("train/loss", log["loss_sum"] / log["n_loss"])
+                live.log_metric("train/acc", log["correct"] / max(log["seen"], 1))
+                if stream is not None:
+                    live.log_metric("train/stream_loss", log["stream_sum"] / log["n_loss"])
                 live.next_step()
             live_step += 1
-            loss_sum, n_loss, correct, seen = 0.0, 0, 0, 0
+            log = {"loss_sum": 0.0, "n_loss": 0, "correct": 0, "seen": 0, "stream_sum": 0.0}
         if ckpt_path is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             save_checkpoint(ckpt_path, {
                 "fingerprint": fp, "step": step + 1, "model": model.state_dict(), "opt": opt.state_dict(),
-                "rng": g.get_state(), "torch_rng": torch.get_rng_state(), "live_step": live_step,
-                "loss_sum": loss_sum, "n_loss": n_loss, "correct": correct, "seen": seen,
+                "rng": g.get_state(), "stream_rng": gs.get_state(), "torch_rng": torch.get_rng_state(),
+                "live_step": live_step, "log": log,
                 **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
             })
     if live:

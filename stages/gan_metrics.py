@@ -22,12 +22,11 @@ import torch
 
 from stages.atomic import write_json
 from stages.classifier_model import load_classifier
-from stages.data import ImageSet, load_prepared, to_float
-from stages.errors import DataError, exit_on_user_error
+from stages.data import ImageSet, load_prepared, load_synthetic, to_float
+from stages.errors import exit_on_user_error
 from stages.feature_metrics import fid, kid, precision_recall
 from stages.finetune import finetune
 from stages.fit import embed, predict
-from stages.imagefolder import MANIFEST, read_image, read_manifest, safe_join
 from stages.metrics import classification_metrics
 from stages.params import EvalParams, FinetuneParams, load_params
 from stages.runtime import pick_device
@@ -79,20 +78,6 @@ def cas(classifier_path: Path, synthetic: ImageSet, real: ImageSet, test: ImageS
         out[name] = {**accuracy_of(model, test, batch_size, device), "train_images": len(train)}
     out["cas_minus_real_accuracy"] = out["synthetic"]["accuracy"] - out["real"]["accuracy"]
     return out
-
-
-def load_synthetic(root: Path, like: ImageSet) -> Optional[ImageSet]:
-    """The synthetic set labelled by `like`'s classes (a filter may have left some empty); None when empty."""
-    df = read_manifest(root)
-    if df.empty:
-        return None
-    unknown = sorted(set(df["class_name"]) - set(like.class_names))
-    if unknown:
-        raise DataError(f"{root / MANIFEST}: classes {unknown} are not target classes {like.class_names}")
-    _, c, s, _ = like.x.shape
-    x = np.stack([read_image(safe_join(root, rel), s, c, s * s) for rel in df["path"]])
-    y = np.array([like.class_names.index(n) for n in df["class_name"]], dtype=np.int64)
-    return ImageSet(x, y, list(like.class_names))
 
 
 def gan_metrics(classifier_path: Path, synthetic_dir: Path, train: ImageSet, test: ImageSet,

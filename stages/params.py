@@ -155,7 +155,26 @@ class FinetuneParams(_Section):
     checkpoint_every: int = Field(100, ge=1)  # steps between resumable checkpoints (checkpoints/finetune/)
     # classical augmentation policy of the *_classical finetune variants (the others use none)
     augment: Literal[AUGMENT_POLICIES] = "trivialaugment"  # type: ignore[valid-type]
+    # The second stream of the `distill` variants (synthetic and/or source images; stages/streams.py).
+    synth_batch: int = Field(32, ge=1)  # stream images per step, besides batch_size real ones
+    synth_weight: float = Field(1.0, ge=0)  # weight of the stream's loss; 0 gives the real-only model bit for bit
+    synth_labels: Literal["hard", "soft", "mixed"] = "soft"  # soft: the teacher's; source images are always soft
+    mixed_hard_weight: float = Field(0.5, ge=0, le=1)  # synth_labels=mixed: weight of the hard labels
+    temperature: float = Field(2.0, gt=0)  # distillation temperature
+    teacher: list[Literal["baseline", "classical"]] = ["baseline"]  # real-shot variants; several = their mean
+    schedule: Literal["joint", "synthetic_first"] = "joint"  # synthetic_first: stream alone, then real alone
+    first_fraction: float = Field(0.5, gt=0, lt=1)  # schedule=synthetic_first: share of steps on the stream
+    bn: Literal["real", "frozen", "joint"] = "real"  # BatchNorm statistics: real batches only | frozen | both
+    synth_augment: Literal[AUGMENT_POLICIES] = "none"  # type: ignore[valid-type]  # on the stream's images
+    source_images: Optional[int] = Field(5000, ge=1)  # source images relabelled (a seeded subset; null = all)
     seed: int = Field(0, ge=0, le=SEED_MAX)
+
+    @field_validator("teacher")
+    @classmethod
+    def _some_teacher(cls, v: list) -> list:
+        if not v or len(set(v)) != len(v):
+            raise ValueError("name one or more distinct real-shot variants (baseline, classical)")
+        return v
 
 
 class EvalParams(_Section):

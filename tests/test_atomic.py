@@ -135,3 +135,40 @@ def test_torch_save_through_atomic_file_gives_the_same_bytes_every_time(tmp_path
             torch.save({"w": torch.arange(6.0)}, tmp)
         blobs.append((tmp_path / "gan.pt").read_bytes())
     assert blobs[0] == blobs[1]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_an_existing_folder_is_swapped_in_one_step(tmp_path):
+    from stages.atomic import exchange
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "from_a").write_text("a")
+    (b / "from_b").write_text("b")
+    if not exchange(a, b):
+        pytest.skip("no atomic exchange on this OS or file system (the move-aside path is tested below)")
+    assert [p.name for p in a.iterdir()] == ["from_b"] and [p.name for p in b.iterdir()] == ["from_a"]
+
+
+def test_a_kill_between_moving_aside_and_moving_in_loses_no_output(tmp_path):
+    """The window of the fallback: the old output moved aside, the new one not yet in, the writer killed."""
+    out = tmp_path / "augmented"
+    pid = _dead_pid()
+    old = tmp_path / f".augmented.old-{pid}"
+    old.mkdir()
+    (old / "v1.txt").write_text("v1")
+    tmp = tmp_path / f".augmented.tmp-{pid}-x"
+    tmp.mkdir()
+    (tmp / "v2-partial.txt").write_text("v2")
+    with pytest.raises(ValueError):  # the next writer fails: the previous output must still be there
+        with atomic_dir(out):
+            raise ValueError("boom")
+    assert sorted(p.name for p in out.iterdir()) == ["v1.txt"] and hidden_siblings(out) == []
+    with atomic_dir(out) as new:
+        (new / "v3.txt").write_text("v3")
+    assert sorted(p.name for p in out.iterdir()) == ["v3.txt"] and hidden_siblings(out) == []

@@ -186,3 +186,19 @@ def test_torchvision_arch_loads_local_weights_or_says_where_to_put_them(tmp_path
     load_imagenet_weights(model, "resnet18")
     assert torch.equal(model.backbone.conv1.weight, reference.conv1.weight)
     assert model(torch.zeros(2, 1, 16, 16)).shape == (2, 5)
+
+
+def test_verdicts_and_recommendation_follow_the_interval():
+    from stages.evaluate import recommendation, verdict
+
+    assert verdict("gan", 0.02, 0.01, 0.03).startswith("gan helped")
+    assert verdict("gan", -0.02, -0.03, -0.01).startswith("gan hurt")
+    assert "did not clearly help" in verdict("gan", 0.01, -0.01, 0.03)
+
+    def d(delta, lo, hi):
+        return {"macro_f1": {"delta": delta, "ci95_low": lo, "ci95_high": hi}}
+
+    none = recommendation({"gan": d(0.02, -0.01, 0.05), "source": d(-0.03, -0.05, -0.01)})
+    assert none.startswith("Recommendation: keep baseline") and "did not clearly help" in none
+    pick = recommendation({"gan": d(0.05, 0.001, 0.1), "source": d(0.03, 0.02, 0.04), "gan_source": d(0.0, -0.1, 0.1)})
+    assert pick.startswith("Recommendation: use source")  # the highest lower bound, not the highest mean

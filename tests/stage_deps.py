@@ -1,0 +1,84 @@
+"""What each DVC stage's code depends on, read from the code itself (for tests/test_stage_deps.py).
+
+- `import_closure(module)`: the files of the `stages` package that `python -m <module>` can import
+  (every `import` statement of every reached module, including those inside functions).
+- `params_read(files, section)`: the keys of a `params.yaml` section (fields of its pydantic model)
+  that the code could read: attribute names used anywhere in those files that are fields of the section.
+"""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+_CMD = re.compile(r"python -m (stages\.\w+)")
+
+
+def module_file(name: str) -> Path:
+    path = ROOT / Path(*name.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def _imports(path: Path) -> set[str]:
+    """The `stages.*` modules `path` imports (`from stages import x` names the module stages.x)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("stages.")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "stages":
+                out |= {f"stages.{a.name}" for a in node.names}
+            elif node.module.startswith("stages."):
+                out.add(node.module)
+    return out
+
+
+def import_closure(module: str) -> set[str]:
+    """Paths (relative to the repo root) of every `stages` module `module` reaches, itself included."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo += sorted(_imports(module_file(name)) - seen)
+    return {str(module_file(m).relative_to(ROOT)) for m in seen}
+
+
+def stage_module(cmd: str) -> str | None:
+    m = _CMD.search(cmd)
+    return m.group(1) if m else None
+
+
+def attribute_names(files: set[str]) -> set[str]:
+    names = set()
+    for rel in files:
+        for node in ast.walk(ast.parse((ROOT / rel).read_text())):
+            if isinstance(node, ast.Attribute):
+                names.add(node.attr)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names.add(node.value)  # getattr(p, "name") and model_copy(update={"name": ...})
+    return names
+
+
+def params_read(files: set[str], section_fields: set[str]) -> set[str]:
+    return attribute_names(files) & section_fields
+
+
+def sections_read(stage_file: Path) -> set[str]:
+    """The params.yaml sections a stage module takes from `load_params()`: `load_params().X`, or `v.X` where
+    `v = load_params(...)`."""
+    tree = ast.parse(stage_file.read_text())
+    sections, holders = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Call) and \
+                getattr(node.value.func, "id", None) == "load_params":
+            sections.add(node.attr)
+        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and \
+                getattr(node.value.func, "id", None) == "load_params":
+            holders |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in holders:
+            sections.add(node.attr)
+    return sections
