@@ -18,7 +18,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
-PROJECT_FILES = ["stages", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore"]
+PROJECT_FILES = ["stages", "ganaug", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore"]
 DOC_HEADER = """# ganaug benchmarks
 
 Written by the scripts in `bench/`; each regenerates its own section (between the

@@ -51,12 +51,12 @@ def score_configs(project: Path, configs: dict[str, dict], variants: list[str]) 
     """macro-F1 of every (config, variant) on this project's test set, from its finished `dvc repro`."""
     import torch
 
-    from stages.classifier_model import load_classifier  # noqa: F401 (keeps the stage imports in one place)
-    from stages.data import load_prepared, to_float
-    from stages.finetune import build_stream, finetune
-    from stages.fit import predict
-    from stages.metrics import classification_metrics
-    from stages.params import FinetuneParams
+    from ganaug.config.params import FinetuneParams
+    from ganaug.io.data import load_prepared, to_float
+    from ganaug.judge.metrics import classification_metrics
+    from ganaug.nets.classifier import load_classifier  # noqa: F401 (keeps the stage imports in one place)
+    from ganaug.train.finetune import build_stream, finetune
+    from ganaug.train.fit import predict
 
     base = yaml.safe_load((project / "params.yaml").read_text())["finetune"]
     train = load_prepared(project / "data/prepared/target_train.npz")

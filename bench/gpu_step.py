@@ -22,8 +22,8 @@ import yaml
 
 from bench.common import DOC, ROOT, command_line, deep_update, machine, markdown_table, parse_overrides, publish
 from bench.throughput import ReferenceLoop, alternate, ganaug_runner, ganaug_trainer, n_params, ref_runner
-from stages.data import ImageSet, load_prepared
-from stages.params import Params, parse_params
+from ganaug.config.params import Params, parse_params
+from ganaug.io.data import ImageSet, load_prepared
 from stages.prepare import prepare
 
 

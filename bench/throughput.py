@@ -13,7 +13,7 @@ rounds of images per second.
   `torch.compile` (steady state and the compile time it must win back).
 - Synthesis: `stages.synthesize.synthesize` (EMA generator, PNGs, manifest,
   sample grid) against generating with the reference G and saving PNGs with PIL.
-- Fine-tuning: `stages.finetune.finetune` against a minimal AdamW loop over a
+- Fine-tuning: `ganaug.train.finetune.finetune` against a minimal AdamW loop over a
   `DataLoader` on the same classifier, batch and data; plus the cost of classical augmentation.
 - The default `dvc repro` in a throw-away copy of the project: wall time, peak
   RSS (the largest process), and the wall time of a re-run with nothing changed.
@@ -45,15 +45,15 @@ from PIL import Image
 
 from bench.common import (DOC, ROOT, command_line, deep_update, machine, make_project, markdown_table,
                           parse_overrides, tool_env, publish)
-from stages.classifier_model import ClassifierConfig, build_classifier, save_classifier
-from stages.data import ImageSet, load_prepared, to_float, to_uint8
-from stages.finetune import finetune
-from stages.gan_model import GanConfig, build_discriminator, build_generator
-from stages.params import Params, parse_params
+from ganaug.config.params import Params, parse_params
+from ganaug.io.data import ImageSet, load_prepared, to_float, to_uint8
+from ganaug.nets.classifier import ClassifierConfig, build_classifier, save_classifier
+from ganaug.nets.gan import GanConfig, build_discriminator, build_generator
+from ganaug.train.finetune import finetune
+from ganaug.train.gan import BalancedBatches, GanTrainer, export_model
+from ganaug.train.runtime import configure_threads
 from stages.prepare import prepare
-from stages.runtime import configure_threads
 from stages.synthesize import synthesize
-from stages.train_gan import BalancedBatches, GanTrainer, export_model
 
 CPU = torch.device("cpu")
 
@@ -237,12 +237,12 @@ class Setup:
     gan_steps: int
     synth_per_class: int
     ft_steps: int
-    threads: int  # what the stages use (stages.runtime.configure_threads on the CPU)
+    threads: int  # what the stages use (ganaug.train.runtime.configure_threads on the CPU)
     default_threads: int  # torch's own default in a fresh process: what a plain loop gets
 
 
 def stage_threads() -> int:
-    """The thread count `stages.runtime.configure_threads` gives a CPU stage here, without keeping it set."""
+    """The thread count `ganaug.train.runtime.configure_threads` gives a CPU stage here, without keeping it set."""
     before = torch.get_num_threads()
     n = configure_threads(CPU)
     torch.set_num_threads(before)
@@ -509,7 +509,7 @@ def render(r: dict, command: str) -> str:
         f"load average at the start {r['load_before']:.1f}, at the end {r['load_after']:.1f}",
         f"- Every number: median over {r['rounds']} alternating timed rounds in one process "
         f"(GAN: {r['gan_steps']} steps a round, warm-up first). The stages run with {gan['threads']} torch thread(s) on a CPU "
-        f"(`stages.runtime.configure_threads`, `GANAUG_THREADS` overrides); a plain PyTorch loop gets torch's default, "
+        f"(`ganaug.train.runtime.configure_threads`, `GANAUG_THREADS` overrides); a plain PyTorch loop gets torch's default, "
         f"{gan['default_threads']} here.", "",
         f"**GAN training, ganaug / reference: {gan['ratio_same_threads']:.2f}x with ganaug's default "
         f"`gan.precision: {gan['precision']}`, {gan['ratio_bf16']:.2f}x with `gan.precision: bf16`** ({same}; "

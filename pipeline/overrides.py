@@ -3,7 +3,7 @@
 Keys are dotted paths into params.yaml (`data.shots`, `gan.steps`); values are
 YAML (`5`, `0.001`, `[5, 6]`, `null`). Before any stage runs, the overrides are
 merged into the project's current params.yaml and the result is validated by
-the project's own schema (`stages.params.parse_params`), so a bad key or value
+the project's own schema (`ganaug.config.params.parse_params`), so a bad key or value
 is refused with a message that names it. They are written (comments kept) only
 into the params.yaml of the run's experiment workspace, never the user's.
 """
@@ -16,8 +16,8 @@ from typing import Any, Mapping
 import yaml
 from ruamel.yaml import YAML
 
-from stages.errors import UserError
-from stages.params import ParamsError, parse_params
+from ganaug.config.errors import UserError
+from ganaug.config.params import ParamsError, parse_params
 
 PARAMS_FILE = "params.yaml"
 

@@ -1,1 +1,1 @@
-"""ganaug's DVC stages (one module per stage) and the building blocks they share."""
+"""ganaug's DVC stages: one module per stage of dvc.yaml (the building blocks are in the ganaug package)."""

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.atomic import atomic_dir
-from stages.data import ImageSet, load_prepared
-from stages.errors import DataError, exit_on_user_error
-from stages.imagefolder import MANIFEST, MANIFEST_COLUMNS, read_manifest, safe_join, write_pngs
-from stages.params import load_params
+from ganaug.config.errors import DataError, exit_on_user_error
+from ganaug.config.params import load_params
+from ganaug.io.atomic import atomic_dir
+from ganaug.io.data import ImageSet, load_prepared
+from ganaug.io.imagefolder import MANIFEST, MANIFEST_COLUMNS, read_manifest, safe_join, write_pngs
 
 
 def _real_rows(root: Path, real: ImageSet) -> pd.DataFrame:

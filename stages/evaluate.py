@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.atomic import atomic_file, write_json
-from stages.classifier_model import load_classifier
-from stages.data import ImageSet, load_prepared, to_float
-from stages.errors import UserError, exit_on_user_error
-from stages.fit import predict
-from stages.metrics import bootstrap_delta, classification_metrics, save_confusion_png
-from stages.params import EvalParams, load_params
-from stages.runtime import pick_device
+from ganaug.config.errors import UserError, exit_on_user_error
+from ganaug.config.params import EvalParams, load_params
+from ganaug.io.atomic import atomic_file, write_json
+from ganaug.io.data import ImageSet, load_prepared, to_float
+from ganaug.judge.metrics import bootstrap_delta, classification_metrics, save_confusion_png
+from ganaug.nets.classifier import load_classifier
+from ganaug.train.fit import predict
+from ganaug.train.runtime import pick_device
 
 BASELINE = "baseline"  # real shots, no augmentation
 CLASSICAL = "classical"  # real shots, classical augmentation

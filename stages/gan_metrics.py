@@ -1,7 +1,7 @@
 """Stage `gan_metrics`: how good is the synthetic set? -> `metrics/gan.json`.
 
 - CAS (classification accuracy score, Ravuri & Vinyals 2019): the pretrained
-  classifier fine-tuned (stages.finetune.finetune, same `finetune:` budget and
+  classifier fine-tuned (ganaug.train.finetune.finetune, same `finetune:` budget and
   seed) on the synthetic images only, tested on the real target test set, next
   to the same fine-tuning on the real shots. A perfect generator scores the
   real-trained accuracy or better (it can give more images than the shots).
@@ -20,16 +20,16 @@ from typing import Optional
 import numpy as np
 import torch
 
-from stages.atomic import write_json
-from stages.classifier_model import load_classifier
-from stages.data import ImageSet, load_prepared, load_synthetic, to_float
-from stages.errors import exit_on_user_error
-from stages.feature_metrics import fid, kid, precision_recall
-from stages.finetune import finetune
-from stages.fit import embed, predict
-from stages.metrics import classification_metrics
-from stages.params import EvalParams, FinetuneParams, load_params
-from stages.runtime import pick_device
+from ganaug.config.errors import exit_on_user_error
+from ganaug.config.params import EvalParams, FinetuneParams, load_params
+from ganaug.io.atomic import write_json
+from ganaug.io.data import ImageSet, load_prepared, load_synthetic, to_float
+from ganaug.judge.feature_metrics import fid, kid, precision_recall
+from ganaug.judge.metrics import classification_metrics
+from ganaug.nets.classifier import load_classifier
+from ganaug.train.finetune import finetune
+from ganaug.train.fit import embed, predict
+from ganaug.train.runtime import pick_device
 
 K_NN = 3
 KID_SUBSETS = 100

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.atomic import atomic_dir
-from stages.data import ImageSet, LoadOptions, load_dataset, resolve_classes, sample_shots, save_prepared, select_classes
-from stages.errors import DataError, exit_on_user_error
-from stages.params import DataParams, load_params
+from ganaug.config.errors import DataError, exit_on_user_error
+from ganaug.config.params import DataParams, load_params
+from ganaug.io.atomic import atomic_dir
+from ganaug.io.data import ImageSet, LoadOptions, load_dataset, resolve_classes, sample_shots, save_prepared, select_classes
 
 
 def _test_set(p: DataParams, opts: LoadOptions, target: dict, tgt_classes: list[int], names: list[str]) -> ImageSet | None:

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.atomic import atomic_file
-from stages.classifier_model import ClassifierConfig, build_classifier, load_imagenet_weights, save_classifier
-from stages.data import ImageSet, load_prepared, to_float
-from stages.errors import exit_on_user_error
-from stages.fit import FitConfig, fit, predict
-from stages.params import ClassifierParams, load_params
-from stages.runtime import pick_device, seed_everything
+from ganaug.config.errors import exit_on_user_error
+from ganaug.config.params import ClassifierParams, load_params
+from ganaug.io.atomic import atomic_file
+from ganaug.io.data import ImageSet, load_prepared, to_float
+from ganaug.nets.classifier import ClassifierConfig, build_classifier, load_imagenet_weights, save_classifier
+from ganaug.train.fit import FitConfig, fit, predict
+from ganaug.train.runtime import pick_device, seed_everything
 
 
 def holdout_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

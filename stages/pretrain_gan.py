@@ -6,7 +6,7 @@ default pipeline does not pay for a source GAN; `train_gan` refuses the
 placeholder if it is ever asked to start from it.
 
 The source GAN is trained by the same trainer as the target GAN
-(`stages.train_gan.train_gan`), for `gan.source_steps` steps, with the target-only
+(`ganaug.train.gan.train_gan`), for `gan.source_steps` steps, with the target-only
 knobs off (no freezing, no snapshot averaging); it is resumable the same way
 (checkpoints in `checkpoints/pretrain_gan/`).
 """
@@ -17,12 +17,12 @@ from typing import Optional
 
 import torch
 
-from stages.atomic import atomic_file
-from stages.data import ImageSet, load_prepared
-from stages.errors import exit_on_user_error
-from stages.params import GanParams, load_params
-from stages.runtime import pick_device
-from stages.train_gan import train_gan
+from ganaug.config.errors import exit_on_user_error
+from ganaug.config.params import GanParams, load_params
+from ganaug.io.atomic import atomic_file
+from ganaug.io.data import ImageSet, load_prepared
+from ganaug.train.gan import train_gan
+from ganaug.train.runtime import pick_device
 
 OUT = Path("models/gan_source.pt")
 PLACEHOLDER = {"placeholder": "gan.init is 'scratch': no source GAN was needed"}

@@ -8,7 +8,7 @@ quota, kept, drawn and shortfall; the memorisation check). Rows are class-major.
   last `gan.average_last` snapshots) or `raw`.
 - How many: `synth.per_class`, or `synth.ratio` synthetic images per real shot.
 - Truncation trick: `synth.truncation` t redraws noise entries with |z| > t.
-- Filter (`stages/synth_filter.py`): candidates are judged by the classifier
+- Filter (`ganaug/judge/synth_filter.py`): candidates are judged by the classifier
   fine-tuned on the real shots (`models/finetune/baseline.pt`): `synth.filter`
   none | confidence | top_fraction, drawing more until the quota is met or
   `synth.max_factor` x quota candidates were drawn (shortfalls in report.json).
@@ -34,16 +34,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stages.atomic import atomic_dir, atomic_file
-from stages.data import ImageSet, load_prepared, to_uint8
-from stages.errors import exit_on_user_error
-from stages.gan_model import load_generator, sample
-from stages.imagefolder import MANIFEST, MANIFEST_COLUMNS, write_pngs
-from stages.params import SynthParams, load_params
-from stages.runtime import pick_device
-from stages.synth_filter import generate_until_quota, load_judge, quotas
+from ganaug.config.errors import exit_on_user_error
+from ganaug.config.params import SynthParams, load_params
+from ganaug.io.atomic import atomic_dir
+from ganaug.io.data import ImageSet, load_prepared, to_uint8
+from ganaug.io.imagefolder import MANIFEST, manifest_frame, write_pngs
+from ganaug.io.pictures import GRID_COLUMNS, plot_samples
+from ganaug.judge.synth_filter import generate_until_quota, load_judge, quotas
+from ganaug.nets.gan import load_generator, sample
+from ganaug.train.runtime import pick_device
 
-GRID_COLUMNS = 10
 REPORT = "report.json"  # in data/synthetic: quotas, shortfalls, the filter and the copy check
 
 
@@ -53,52 +53,6 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def manifest_frame(paths: list[str], labels: np.ndarray, class_names: list[str], sha: str, seed: int) -> pd.DataFrame:
-    """The synthetic manifest, columns exactly MANIFEST_COLUMNS."""
-    df = pd.DataFrame({
-        "path": pd.Series(paths, dtype="str"),
-        "label": labels.astype("int64"),
-        "class_name": pd.Series([class_names[k] for k in labels], dtype="str"),
-        "origin": pd.Series(["synthetic"] * len(paths), dtype="str"),
-        "generator_sha256": pd.Series([sha] * len(paths), dtype="string"),
-        "seed": np.full(len(paths), seed, dtype="int64"),
-    })
-    return df[MANIFEST_COLUMNS]
-
-
-def grid_images(x: np.ndarray, labels: np.ndarray, n_classes: int, n_cols: int) -> np.ndarray:
-    """uint8 (N, C, S, S) -> one mosaic (K*(S+1)+1, n_cols*(S+1)+1, C): a row per class, 1-pixel gaps."""
-    c, s = x.shape[1], x.shape[-1]
-    mosaic = np.full((n_classes * (s + 1) + 1, n_cols * (s + 1) + 1, c), 128, dtype=np.uint8)
-    for k in range(n_classes):
-        for j, img in enumerate(x[labels == k][:n_cols]):
-            r, q = 1 + k * (s + 1), 1 + j * (s + 1)
-            mosaic[r : r + s, q : q + s] = img.transpose(1, 2, 0)
-    return mosaic
-
-
-def plot_samples(x: np.ndarray, labels: np.ndarray, class_names: list[str], title: str, path: Path) -> None:
-    """A grid of samples, one row per class labelled with the class name, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k, s = len(class_names), x.shape[-1]
-    n_cols = max(1, min(GRID_COLUMNS, int(np.bincount(labels, minlength=k).max(initial=0))))
-    mosaic = grid_images(x, labels, k, n_cols)
-    fig, ax = plt.subplots(figsize=(1.5 + 0.55 * n_cols, 0.8 + 0.55 * k), dpi=100)
-    ax.imshow(mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    ax.set_yticks([1 + r * (s + 1) + s / 2 - 0.5 for r in range(k)], labels=class_names)
-    ax.set_xticks([])
-    ax.tick_params(length=0)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
 def _sampler(net: torch.nn.Module, z_dim: int, p: SynthParams, device: torch.device):

@@ -1,7 +1,8 @@
 """What each DVC stage's code depends on, read from the code itself (for tests/test_stage_deps.py).
 
-- `import_closure(module)`: the files of the `stages` package that `python -m <module>` can import
-  (every `import` statement of every reached module, including those inside functions).
+- `import_closure(module)`: the files of the `stages` and `ganaug` packages that `python -m <module>` can import
+  (every `import` statement of every reached module, including those inside functions, and the
+  `__init__.py` of every package on the way).
 - `params_read(files, section)`: the keys of a `params.yaml` section (fields of its pydantic model)
   that the code could read: attribute names used anywhere in those files that are fields of the section.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 _CMD = re.compile(r"python -m (stages\.\w+)")
+PACKAGES = ("stages", "ganaug")
 
 
 def module_file(name: str) -> Path:
@@ -20,29 +22,42 @@ def module_file(name: str) -> Path:
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
+def _ours(name: str) -> bool:
+    return name.split(".")[0] in PACKAGES
+
+
+def _is_module(name: str) -> bool:
+    path = ROOT / Path(*name.split("."))
+    return path.is_dir() or path.with_suffix(".py").is_file()
+
+
 def _imports(path: Path) -> set[str]:
-    """The `stages.*` modules `path` imports (`from stages import x` names the module stages.x)."""
+    """The `stages.*` and `ganaug.*` modules `path` imports (`from ganaug.nets import gan` names ganaug.nets.gan too)."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name.startswith("stages.")}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "stages":
-                out |= {f"stages.{a.name}" for a in node.names}
-            elif node.module.startswith("stages."):
-                out.add(node.module)
+            out |= {a.name for a in node.names if _ours(a.name)}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and _ours(node.module):
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names if _is_module(f"{node.module}.{a.name}")}
     return out
 
 
+def _with_packages(name: str) -> set[str]:
+    """`name` and the packages Python imports before it: ganaug.io.data -> ganaug, ganaug.io, ganaug.io.data."""
+    parts = name.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+
+
 def import_closure(module: str) -> set[str]:
-    """Paths (relative to the repo root) of every `stages` module `module` reaches, itself included."""
+    """Paths (relative to the repo root) of every `stages`/`ganaug` module `module` reaches, itself included."""
     seen, todo = set(), [module]
     while todo:
         name = todo.pop()
         if name in seen:
             continue
         seen.add(name)
-        todo += sorted(_imports(module_file(name)) - seen)
+        todo += sorted(set().union(*map(_with_packages, _imports(module_file(name)) | {name})) - seen)
     return {str(module_file(m).relative_to(ROOT)) for m in seen}
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, tool_env
-from stages.atomic import atomic_dir, atomic_file, remove_stale_temporaries, stale_temporaries, write_json
+from ganaug.io.atomic import atomic_dir, atomic_file, remove_stale_temporaries, stale_temporaries, write_json
 
 WRITER = """
 import sys, time
 from pathlib import Path
-from stages.atomic import atomic_dir, atomic_file
+from ganaug.io.atomic import atomic_dir, atomic_file
 kind, target = sys.argv[1], Path(sys.argv[2])
 with (atomic_dir if kind == "dir" else atomic_file)(target) as tmp:
     if kind == "dir":
@@ -144,7 +144,7 @@ def _dead_pid() -> int:
 
 
 def test_an_existing_folder_is_swapped_in_one_step(tmp_path):
-    from stages.atomic import exchange
+    from ganaug.io.atomic import exchange
 
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()

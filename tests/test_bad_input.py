@@ -20,11 +20,11 @@ import yaml
 from PIL import Image
 
 from conftest import ROOT, make_project, run, tool_env
+from ganaug.config.errors import DataError
+from ganaug.config.params import DataParams
+from ganaug.io.data import ImageSet, LoadOptions, load_manifest_set, load_prepared, load_training_set
+from ganaug.io.imagefolder import MANIFEST, read_image, write_pngs
 from stages.concat import concat
-from stages.data import ImageSet, LoadOptions, load_manifest_set, load_prepared, load_training_set
-from stages.errors import DataError
-from stages.imagefolder import MANIFEST, read_image, write_pngs
-from stages.params import DataParams
 from stages.prepare import prepare
 
 SIZE = 8  # the smallest image_size the schema allows
@@ -456,10 +456,10 @@ def test_every_torch_load_in_the_stages_is_weights_only():
     import ast
 
     calls = []
-    for path in sorted((ROOT / "stages").glob("*.py")):
+    for path in sorted([*(ROOT / "stages").glob("*.py"), *(ROOT / "ganaug").rglob("*.py")]):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
-                calls.append((path.name, node))
+                calls.append((str(path.relative_to(ROOT)), node))
     assert len(calls) >= 4  # classifier, imagenet weights, gan, checkpoints
     for name, node in calls:
         kw = {k.arg: k.value for k in node.keywords}

@@ -6,13 +6,14 @@ import pytest
 import torch
 import yaml
 
-from stages.classical_aug import POLICIES, ClassicalAugment, build_augment, check_policy, random_crop
-from stages.classifier_model import ClassifierConfig, build_classifier, load_classifier, save_classifier
-from stages.data import ImageSet, LoadOptions, load_digits_set, save_prepared, to_float
-from stages.errors import UserError
-from stages.finetune import finetune, main as finetune_main
-from stages.fit import FitConfig, fingerprint, fit
-from stages.params import AUGMENT_POLICIES, FinetuneParams, parse_params, ParamsError
+from ganaug.config.errors import UserError
+from ganaug.config.params import AUGMENT_POLICIES, FinetuneParams, parse_params, ParamsError
+from ganaug.io.data import ImageSet, LoadOptions, load_digits_set, save_prepared, to_float
+from ganaug.nets.classifier import ClassifierConfig, build_classifier, load_classifier, save_classifier
+from ganaug.train.classical_aug import POLICIES, ClassicalAugment, build_augment, check_policy, random_crop
+from ganaug.train.finetune import finetune
+from ganaug.train.fit import FitConfig, fingerprint, fit
+from stages.finetune import main as finetune_main
 
 CPU = torch.device("cpu")
 

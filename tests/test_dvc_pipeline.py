@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from conftest import DVC, TINY_REPRO_GROUP, deep_update, pipeline_env, run
-from stages.data import LoadOptions, load_digits_set
+from ganaug.io.data import LoadOptions, load_digits_set
 
 pytestmark = TINY_REPRO_GROUP
 VARIANTS = ("baseline", "classical", "augmented", "augmented_classical")

@@ -8,15 +8,16 @@ import pytest
 import torch
 import yaml
 
-from stages.data import ImageSet, LoadOptions, load_digits_set, save_prepared, select_classes, to_float
-from stages.diffaug import AUGMENTS, diff_augment
-from stages.errors import UserError
-from stages.gan_model import (
+from ganaug.config.errors import UserError
+from ganaug.config.params import GanParams
+from ganaug.io.data import ImageSet, LoadOptions, load_digits_set, save_prepared, select_classes, to_float
+from ganaug.nets.diffaug import AUGMENTS, diff_augment
+from ganaug.nets.gan import (
     ARCHS, GanConfig, Generator, build_discriminator, build_generator, d_hinge_loss, g_hinge_loss, load_generator, sample,
 )
-from stages.params import GanParams
+from ganaug.train.gan import BalancedBatches, GanTrainer, fingerprint, load_source_gan, train_gan
 from stages.pretrain_gan import PLACEHOLDER, pretrain_gan
-from stages.train_gan import BalancedBatches, GanTrainer, fingerprint, load_source_gan, main, train_gan
+from stages.train_gan import main
 
 CPU = torch.device("cpu")
 TINY = dict(z_dim=8, g_width=8, d_width=8, batch_size=6, ema_start=3, ema_decay=0.9)

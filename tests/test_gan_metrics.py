@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from stages.atomic import atomic_dir
-from stages.classifier_model import ClassifierConfig, build_classifier, save_classifier
-from stages.data import LoadOptions, load_digits_set, select_classes
-from stages.feature_metrics import fid, kid, nearest_distances, precision_recall
+from ganaug.config.params import EvalParams, FinetuneParams
+from ganaug.io.atomic import atomic_dir
+from ganaug.io.data import LoadOptions, load_digits_set, select_classes
+from ganaug.io.imagefolder import MANIFEST, manifest_frame, write_pngs
+from ganaug.judge.feature_metrics import fid, kid, nearest_distances, precision_recall
+from ganaug.nets.classifier import ClassifierConfig, build_classifier, save_classifier
 from stages.gan_metrics import cas, gan_metrics
-from stages.imagefolder import MANIFEST, write_pngs
-from stages.params import EvalParams, FinetuneParams
-from stages.synthesize import manifest_frame
 
 CPU = torch.device("cpu")
 

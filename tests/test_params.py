@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from stages.errors import one_line
-from stages.params import DIFFAUG_OPS, Params, ParamsError, load_params, parse_params
+from ganaug.config.errors import one_line
+from ganaug.config.params import DIFFAUG_OPS, Params, ParamsError, load_params, parse_params
 
 
 @pytest.mark.parametrize("raw, fragments", [

@@ -31,7 +31,7 @@ from pipeline.deploy import DEFAULT_CRON, MANUAL, NIGHTLY, build_deployments
 from pipeline.flow import augment, dask_task_runner
 from pipeline.report import PER_CLASS_KEY, REPORT_KEY
 from pipeline.run_params import AugmentParams
-from stages.params import Params
+from ganaug.config.params import Params
 
 # `pytest -n 2 --dist loadgroup` (`make test`): the Prefect tests (flow and CLI) on one worker, next to the
 # `tiny_repro` group (conftest.py) on the other.

@@ -25,7 +25,7 @@ def outputs(project: Path) -> dict[str, bytes]:
 
 def test_two_full_runs_give_identical_metrics_and_outputs(tiny_repro, tmp_path):
     # a fresh project from the shared one's commit (the same stages and params, not today's checkout:
-    # stages/ may have changed since the session began), without its outputs, cache or run cache
+    # stages/ and ganaug/ may have changed since the session began), without its outputs, cache or run cache
     fresh = tmp_path / "b"
     run(["git", "clone", "-q", str(tiny_repro.project), str(fresh)], tmp_path)
     assert not (fresh / "dvc.lock").exists() and not (fresh / ".dvc/cache").exists()

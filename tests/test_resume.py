@@ -20,10 +20,10 @@ import torch.nn as nn
 import yaml
 
 from conftest import ROOT, tool_env
-from stages.atomic import stale_temporaries
-from stages.data import LoadOptions, load_digits_set, to_float
-from stages.fit import FitConfig, fit, fingerprint
-from stages.params import DataParams
+from ganaug.config.params import DataParams
+from ganaug.io.atomic import stale_temporaries
+from ganaug.io.data import LoadOptions, load_digits_set, to_float
+from ganaug.train.fit import FitConfig, fit, fingerprint
 from stages.prepare import prepare
 
 CPU = torch.device("cpu")
@@ -177,8 +177,9 @@ def gan_project(root: Path) -> Path:
 
 
 def snapshot_code(dest: Path) -> Path:
-    """A copy of stages/: every run of the test uses the same code (the fingerprint hashes it)."""
-    shutil.copytree(ROOT / "stages", dest / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    """A copy of stages/ and ganaug/: every run of the test uses the same code (the fingerprint hashes it)."""
+    for package in ("stages", "ganaug"):
+        shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 
 

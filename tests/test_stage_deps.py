@@ -14,7 +14,7 @@ import yaml
 
 from conftest import DVC, TINY_REPRO_GROUP, pipeline_env, run
 from stage_deps import ROOT, attribute_names, import_closure, module_file, sections_read, stage_module
-from stages.params import Params
+from ganaug.config.params import Params
 
 SECTIONS = {name: set(f.annotation.model_fields) for name, f in Params.model_fields.items()}
 STREAM_KEYS = {"synth_batch", "synth_weight", "synth_labels", "mixed_hard_weight", "temperature", "teacher",
@@ -49,17 +49,20 @@ def expand(declared: list) -> set[str]:
 @pytest.mark.parametrize("name", list(stages()))
 def test_code_deps_of_a_stage_are_its_import_closure(name):
     body = stages()[name]
-    closure = import_closure(stage_module(body["cmd"])) - {"stages/__init__.py"}
+    closure = {f for f in import_closure(stage_module(body["cmd"])) if not f.endswith("__init__.py")}
     declared = {d for d in body["deps"] if d.endswith(".py")}
     assert not closure - declared, f"{name}: imports not in its deps: {sorted(closure - declared)}"
     assert not declared - closure, f"{name}: deps it never imports: {sorted(declared - closure)}"
 
 
 def test_the_package_init_holds_no_code():
-    """`stages/__init__.py` is in every closure and no stage's deps: it must stay empty of code."""
+    """Package `__init__.py` files are in the closures and no stage's deps: they must stay empty of code."""
     import ast
-    body = ast.parse((ROOT / "stages/__init__.py").read_text()).body
-    assert all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)  # a docstring at most
+    inits = sorted([ROOT / "stages/__init__.py", *(ROOT / "ganaug").rglob("__init__.py")])
+    assert len(inits) == 8  # stages, ganaug and its config, io, nets, train, judge, tools
+    for path in inits:
+        body = ast.parse(path.read_text()).body
+        assert all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body), path  # a docstring at most
 
 
 @pytest.mark.parametrize("name", list(stages()))
@@ -78,26 +81,26 @@ def test_the_check_fails_when_a_dependency_is_removed(tmp_path, monkeypatch):
     """The coverage test above is not vacuous: without data.py in train_gan's deps it fails."""
     import stage_deps
     text = (ROOT / "dvc.yaml").read_text()
-    broken = text.replace("      - stages/data.py\n", "", 1)
+    broken = text.replace("      - ganaug/io/data.py\n", "", 1)
     assert broken != text
     (tmp_path / "dvc.yaml").write_text(broken)
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
-    first = next(n for n, b in stages().items() if "stages/data.py" in stage_deps.import_closure(stage_module(b["cmd"]))
-                 and "stages/data.py" not in b["deps"])
-    with pytest.raises(AssertionError, match="imports not in its deps: \\['stages/data.py'\\]"):
+    first = next(n for n, b in stages().items() if "ganaug/io/data.py" in stage_deps.import_closure(stage_module(b["cmd"]))
+                 and "ganaug/io/data.py" not in b["deps"])
+    with pytest.raises(AssertionError, match="imports not in its deps: \\['ganaug/io/data.py'\\]"):
         test_code_deps_of_a_stage_are_its_import_closure(first)
 
 
 @TINY_REPRO_GROUP
 def test_editing_a_building_block_reruns_exactly_the_stages_that_import_it(tiny_repro_copy):
     project = tiny_repro_copy
-    target = project / "stages/metrics.py"
+    target = project / "ganaug/judge/metrics.py"
     target.write_text(target.read_text() + "\n# an edit\n")
     proc = run(DVC + ["status", "--json"], project, env=pipeline_env())
     stale = set(yaml.safe_load(proc.stdout))
     importers = set()
     for name, body in stages().items():
-        if "stages/metrics.py" in import_closure(stage_module(body["cmd"])):
+        if "ganaug/judge/metrics.py" in import_closure(stage_module(body["cmd"])):
             raw = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][name]
             importers |= {f"{name}@{k}" for k in raw["foreach"]} if "foreach" in raw else {name}
     assert importers == {"evaluate", "gan_metrics"}

@@ -8,14 +8,14 @@ import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from stages.classifier_model import ClassifierConfig, build_classifier, imagenet_weights_path, load_classifier, save_classifier
+from ganaug.config.errors import UserError
+from ganaug.config.params import ClassifierParams, DataParams, EvalParams, FinetuneParams
+from ganaug.io.data import ImageSet, LoadOptions, load_digits_set, load_prepared, load_training_set
+from ganaug.io.imagefolder import MANIFEST_COLUMNS, write_pngs
+from ganaug.nets.classifier import ClassifierConfig, build_classifier, imagenet_weights_path, load_classifier, save_classifier
+from ganaug.train.finetune import finetune
 from stages.concat import concat
-from stages.data import ImageSet, LoadOptions, load_digits_set, load_prepared, load_training_set
-from stages.errors import UserError
 from stages.evaluate import compare, evaluate, write_outputs
-from stages.finetune import finetune
-from stages.imagefolder import MANIFEST_COLUMNS, write_pngs
-from stages.params import ClassifierParams, DataParams, EvalParams, FinetuneParams
 from stages.prepare import prepare
 from stages.pretrain import pretrain
 
@@ -62,7 +62,7 @@ def test_prepare_same_classes_excludes_target_images_from_source(tmp_path):
 
 
 def test_prepare_same_classes_without_test_split_says_why_source_is_empty(tmp_path):
-    from stages.errors import DataError
+    from ganaug.config.errors import DataError
 
     with pytest.raises(DataError, match="source set is empty"):
         prepare(DataParams(shots=4, source_classes=None, target_classes=None), tmp_path / "prepared")
@@ -170,7 +170,7 @@ def test_evaluate_refuses_a_model_for_other_classes(tmp_path):
 def test_torchvision_arch_loads_local_weights_or_says_where_to_put_them(tmp_path, monkeypatch):
     import torchvision
 
-    from stages.classifier_model import TorchvisionNet, load_imagenet_weights
+    from ganaug.nets.classifier import TorchvisionNet, load_imagenet_weights
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     torch.hub.set_dir(str(tmp_path / "torch" / "hub"))

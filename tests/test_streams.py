@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY_REPRO_GROUP
-from stages.classifier_model import ClassifierConfig, build_classifier, load_classifier, save_classifier
-from stages.data import ImageSet, LoadOptions, load_digits_set, load_prepared, save_prepared, to_float
-from stages.errors import UserError
-from stages.finetune import build_stream, finetune
-from stages.fit import FitConfig, fit
-from stages.params import FinetuneParams
-from stages.streams import Stream, stream_loss, teacher_probs
+from ganaug.config.errors import UserError
+from ganaug.config.params import FinetuneParams
+from ganaug.io.data import ImageSet, LoadOptions, load_digits_set, load_prepared, save_prepared, to_float
+from ganaug.nets.classifier import ClassifierConfig, build_classifier, load_classifier, save_classifier
+from ganaug.train.finetune import build_stream, finetune
+from ganaug.train.fit import FitConfig, fit
+from ganaug.train.streams import Stream, stream_loss, teacher_probs
 
 CPU = torch.device("cpu")
 

@@ -14,16 +14,16 @@ import yaml
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from stages.classifier_model import ClassifierConfig, build_classifier, save_classifier
-from stages.data import LoadOptions, load_digits_set, save_prepared, select_classes, to_float, to_uint8
-from stages.errors import UserError
-from stages.fit import FitConfig, fit
-from stages.gan_model import load_generator, sample, truncated_noise
-from stages.imagefolder import MANIFEST, MANIFEST_COLUMNS, read_manifest
-from stages.params import GanParams, SynthParams
+from ganaug.config.errors import UserError
+from ganaug.config.params import GanParams, SynthParams
+from ganaug.io.data import LoadOptions, load_digits_set, save_prepared, select_classes, to_float, to_uint8
+from ganaug.io.imagefolder import MANIFEST, MANIFEST_COLUMNS, read_manifest
+from ganaug.judge.synth_filter import load_judge
+from ganaug.nets.classifier import ClassifierConfig, build_classifier, save_classifier
+from ganaug.nets.gan import load_generator, sample, truncated_noise
+from ganaug.train.fit import FitConfig, fit
+from ganaug.train.gan import train_gan
 from stages.synthesize import REPORT, main, synthesize
-from stages.synth_filter import load_judge
-from stages.train_gan import train_gan
 
 CPU = torch.device("cpu")
 CLASSES = ["0", "1", "2"]
@@ -213,7 +213,7 @@ def test_synthesis_loads_the_ema_weights_by_default_and_they_differ_from_the_raw
 
 
 def test_compare_samples_draws_the_gans_side_by_side(gan_path, tmp_path, capsys):
-    from stages.compare_samples import main as compare_main
+    from ganaug.tools.compare_samples import main as compare_main
 
     out = tmp_path / "cmp.png"
     compare_main([f"scratch={gan_path}", f"source={gan_path}", "-o", str(out), "--per-class", "4"])

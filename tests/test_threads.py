@@ -13,7 +13,7 @@ from conftest import ROOT
 from pipeline.dag import parse_dot
 from pipeline.flow import stage_threads
 
-THREADS = "from stages.runtime import configure_threads; import torch; print(configure_threads(torch.device('cpu')), torch.get_num_threads())"
+THREADS = "from ganaug.train.runtime import configure_threads; import torch; print(configure_threads(torch.device('cpu')), torch.get_num_threads())"
 
 
 def threads_in_fresh_process(value: str | None) -> subprocess.CompletedProcess:
@@ -47,7 +47,7 @@ def test_parallel_flow_splits_the_cores_over_the_widest_level(monkeypatch):
 
 
 def test_torch_in_this_process_is_left_alone_without_the_variable(monkeypatch):
-    from stages.runtime import configure_threads
+    from ganaug.train.runtime import configure_threads
 
     monkeypatch.delenv("GANAUG_THREADS", raising=False)
     before = torch.get_num_threads()

@@ -20,9 +20,9 @@ from typing import Callable, Optional
 
 import torch
 
-from stages.data import to_float
-from stages.errors import UserError
-from stages.fit import Augment
+from ganaug.config.errors import UserError
+from ganaug.io.data import to_float
+from ganaug.train.fit import Augment
 
 # policy name -> the torchvision.transforms.v2 op it applies (None: no augmentation at all). torchvision is
 # imported only when an op is built: it adds seconds to the start of every stage that imports this module.

@@ -1,6 +1,6 @@
 """The second training stream of fine-tuning: synthetic and/or relabelled source images with their targets.
 
-Fine-tuning (`stages/fit.py`) draws, every step, a batch of real shots and a
+Fine-tuning (`ganaug/train/fit.py`) draws, every step, a batch of real shots and a
 batch of this stream, of sizes set in params, so the real shots are never
 drowned however large the stream is (He et al., ICLR 2023; Label Hallucination,
 Jian and Torresani, AAAI 2022). Each stream image carries

@@ -34,9 +34,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from stages.atomic import atomic_file, remove_stale_temporaries
-from stages.runtime import open_live, progress
-from stages.streams import Stream, bn_eval, schedule_phase, stream_loss
+from ganaug.io.atomic import atomic_file, remove_stale_temporaries
+from ganaug.train.runtime import open_live, progress
+from ganaug.train.streams import Stream, bn_eval, schedule_phase, stream_loss
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -51,7 +51,7 @@ class FitConfig:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 100  # steps between checkpoints (only when fit() gets a ckpt_path)
-    # the second stream (`stages/streams.py`; only when fit() gets a `stream`)
+    # the second stream (`ganaug/train/streams.py`; only when fit() gets a `stream`)
     stream_batch: int = 32  # stream images per step, besides `batch_size` real ones
     stream_weight: float = 1.0  # weight of the stream's loss (0: the real-only run, bit for bit)
     hard_weight: float = 0.0  # weight of the hard labels in the stream's loss (0: distillation only)
@@ -189,7 +189,7 @@ def fit(
 ) -> dict:
     """Train `model` for `cfg.steps` AdamW steps with a cosine schedule; return a summary.
 
-    With `stream` (`stages/streams.py`), every step also draws `cfg.stream_batch`
+    With `stream` (`ganaug/train/streams.py`), every step also draws `cfg.stream_batch`
     stream images and adds `cfg.stream_weight` x their loss (`stream_loss`).
     With `ckpt_path`, checkpoint every `cfg.checkpoint_every` steps and resume
     from a matching checkpoint there. `stop_after` (for tests) returns after that

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from stages.errors import DataError
+from ganaug.config.errors import DataError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 MANIFEST = "manifest.parquet"
@@ -134,3 +134,16 @@ def read_manifest(root: Path) -> pd.DataFrame:
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}")
     return df
+
+
+def manifest_frame(paths: list[str], labels: np.ndarray, class_names: list[str], sha: str, seed: int) -> pd.DataFrame:
+    """The synthetic manifest, columns exactly MANIFEST_COLUMNS."""
+    df = pd.DataFrame({
+        "path": pd.Series(paths, dtype="str"),
+        "label": labels.astype("int64"),
+        "class_name": pd.Series([class_names[k] for k in labels], dtype="str"),
+        "origin": pd.Series(["synthetic"] * len(paths), dtype="str"),
+        "generator_sha256": pd.Series([sha] * len(paths), dtype="string"),
+        "seed": np.full(len(paths), seed, dtype="int64"),
+    })
+    return df[MANIFEST_COLUMNS]

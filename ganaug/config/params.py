@@ -12,13 +12,13 @@ from typing import Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from stages.errors import UserError
+from ganaug.config.errors import UserError
 
 ClassRef = Union[int, str]  # a class index into the dataset's sorted classes, or a class name
 
 CLASSIFIER_ARCHS = ("convnet", "resnet18", "resnet34", "mobilenet_v3_small")
 DIFFAUG_OPS = ("color", "translation", "cutout")
-AUGMENT_POLICIES = ("none", "trivialaugment", "randaugment")  # stages/classical_aug.py POLICIES
+AUGMENT_POLICIES = ("none", "trivialaugment", "randaugment")  # ganaug/train/classical_aug.py POLICIES
 
 
 class ParamsError(UserError):
@@ -78,7 +78,7 @@ class ClassifierParams(_Section):
 
 
 class GanParams(_Section):
-    arch: Literal["resize", "dcgan"] = "resize"  # dcgan: ~half the compute, less varied samples (stages/gan_model.py)
+    arch: Literal["resize", "dcgan"] = "resize"  # dcgan: ~half the compute, less varied samples (ganaug/nets/gan.py)
     z_dim: int = Field(64, ge=1)
     g_width: int = Field(64, ge=4)
     d_width: int = Field(64, ge=4)
@@ -155,7 +155,7 @@ class FinetuneParams(_Section):
     checkpoint_every: int = Field(100, ge=1)  # steps between resumable checkpoints (checkpoints/finetune/)
     # classical augmentation policy of the *_classical finetune variants (the others use none)
     augment: Literal[AUGMENT_POLICIES] = "trivialaugment"  # type: ignore[valid-type]
-    # The second stream of the `distill` variants (synthetic and/or source images; stages/streams.py).
+    # The second stream of the `distill` variants (synthetic and/or source images; ganaug/train/streams.py).
     synth_batch: int = Field(32, ge=1)  # stream images per step, besides batch_size real ones
     synth_weight: float = Field(1.0, ge=0)  # weight of the stream's loss; 0 gives the real-only model bit for bit
     synth_labels: Literal["hard", "soft", "mixed"] = "soft"  # soft: the teacher's; source images are always soft

@@ -1,6 +1,6 @@
 """Sample grids of several GANs side by side, from the same noise (e.g. scratch vs source init).
 
-    python -m stages.compare_samples scratch=exp_a/models/gan.pt source=exp_b/models/gan.pt \
+    python -m ganaug.tools.compare_samples scratch=exp_a/models/gan.pt source=exp_b/models/gan.pt \
         -o plots/samples_scratch_vs_source.png
 
 Each panel is one GAN's generator (`--generator`, default ema): a row per class,
@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.atomic import atomic_file
-from stages.data import to_uint8
-from stages.errors import UserError, exit_on_user_error
-from stages.gan_model import load_generator, sample
-from stages.synthesize import grid_images
+from ganaug.config.errors import UserError, exit_on_user_error
+from ganaug.io.atomic import atomic_file
+from ganaug.io.data import to_uint8
+from ganaug.io.pictures import grid_images
+from ganaug.nets.gan import load_generator, sample
 
 
 def panels(gans: dict[str, Path], per_class: int, seed: int, which: str) -> tuple[dict[str, np.ndarray], list[str]]:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from stages.errors import UserError
+from ganaug.config.errors import UserError
 
 
 def pick_device() -> torch.device:

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
-from stages.errors import UserError
+from ganaug.config.errors import UserError
 
 
 @dataclass

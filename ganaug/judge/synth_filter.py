@@ -26,12 +26,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from stages.classifier_model import load_classifier
-from stages.data import ImageSet, to_float
-from stages.errors import DataError
-from stages.feature_metrics import knn_radii, nearest_distances
-from stages.fit import embed, predict
-from stages.params import SynthParams
+from ganaug.config.errors import DataError
+from ganaug.config.params import SynthParams
+from ganaug.io.data import ImageSet, to_float
+from ganaug.judge.feature_metrics import knn_radii, nearest_distances
+from ganaug.nets.classifier import load_classifier
+from ganaug.train.fit import embed, predict
 
 Generate = Callable[[torch.Tensor], np.ndarray]  # labels (N,) -> uint8 images (N, C, S, S)
 

@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from stages.errors import DataError
-from stages.imagefolder import MANIFEST, list_image_folder, read_image, read_manifest, safe_join
+from ganaug.config.errors import DataError
+from ganaug.io.imagefolder import MANIFEST, list_image_folder, read_image, read_manifest, safe_join
 
 EMBEDDED = ("digits",)
 

@@ -1,0 +1,1 @@
+"""The params.yaml schema and the errors a stage reports as one line."""

@@ -1,0 +1,1 @@
+"""Judging images and models: classification metrics, feature-space metrics and the synthetic-image filter."""

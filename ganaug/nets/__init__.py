@@ -1,0 +1,1 @@
+"""The networks: the classifier, the class-conditional GAN and DiffAugment."""

@@ -1,0 +1,1 @@
+"""Command-line tools that are not DVC stages (python -m ganaug.tools.<name>)."""

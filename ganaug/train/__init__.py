@@ -1,0 +1,1 @@
+"""Training loops: classifier fitting and fine-tuning, the GAN trainer, augmentation, device and threads."""
