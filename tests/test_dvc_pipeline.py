@@ -17,9 +17,11 @@ from conftest import DVC, TINY_REPRO_GROUP, deep_update, pipeline_env, run
 from ganaug.io.data import LoadOptions, load_digits_set
 
 pytestmark = TINY_REPRO_GROUP
-VARIANTS = ("baseline", "classical", "augmented", "augmented_classical")
+FINETUNE = ("baseline", "classical", "augmented")  # real shots (augmented: the hard-label mixing ablation)
+DISTILL = ("gan", "source", "gan_source")  # real shots + a teacher-labelled second stream
+VARIANTS = FINETUNE + DISTILL
 ALL_STAGES = {"prepare", "pretrain", "pretrain_gan", "train_gan", "synthesize", "concat",
-              *(f"finetune@{v}" for v in VARIANTS), "evaluate", "gan_metrics"}
+              *(f"finetune@{v}" for v in FINETUNE), *(f"distill@{v}" for v in DISTILL), "evaluate", "gan_metrics"}
 
 
 def ran_stages(output: str) -> set[str]:
@@ -48,7 +50,8 @@ def test_repro_runs_everything_then_skips_then_reruns_only_downstream(tiny_repro
     assert (project / "plots/samples.png").stat().st_size > 0
     assert (project / "reports/eval.md").read_text().startswith("# ganaug evaluation")
     assert set(metrics["vs_baseline"]) == set(VARIANTS) - {"baseline"}
-    assert set(metrics["vs_classical"]) == {"augmented", "augmented_classical"}
+    assert set(metrics["vs_classical"]) == {"augmented", *DISTILL}
+    assert metrics["recommendation"].startswith("Recommendation: ")
     assert "Best macro-F1: " in (project / "reports/eval.md").read_text()
 
     second = run(DVC + ["repro"], project, env=pipeline_env())
@@ -56,16 +59,18 @@ def test_repro_runs_everything_then_skips_then_reruns_only_downstream(tiny_repro
 
     set_params(project, {"synth": {"per_class": 6}})
     third = run(DVC + ["repro"], project, env=pipeline_env())
-    assert ran_stages(third.stdout) == {"synthesize", "concat", "finetune@augmented", "finetune@augmented_classical", "evaluate",
-                                       "gan_metrics"}
+    assert ran_stages(third.stdout) == {"synthesize", "concat", "finetune@augmented", "distill@gan", "distill@gan_source",
+                                       "evaluate", "gan_metrics"}  # not distill@source: no synthetic images in it
     manifest = pd.read_parquet(project / "data/augmented/manifest.parquet")
     assert (manifest["origin"] == "synthetic").sum() == 30
 
-    # the classical policy is a param: the *_classical variants change, the others retrain to the same weights
+    # the classical policy is a param of the finetune group only: the classical variant changes, baseline and
+    # augmented retrain to the same weights, so synthesize (judged by baseline) does not rerun, nor gan_metrics
+    # (whose CAS runs use no augmentation); distill@* do, since models/finetune/classical.pt can be a teacher
     before = json.loads((project / "metrics/eval.json").read_text())
     set_params(project, {"finetune": {"augment": "randaugment"}})
     fourth = run(DVC + ["repro"], project, env=pipeline_env())
-    assert ran_stages(fourth.stdout) == {f"finetune@{v}" for v in VARIANTS} | {"evaluate", "gan_metrics"}
+    assert ran_stages(fourth.stdout) == {f"finetune@{v}" for v in FINETUNE} | {f"distill@{v}" for v in DISTILL} | {"evaluate"}
     assert "--augment randaugment" in fourth.stdout
     after = json.loads((project / "metrics/eval.json").read_text())
     assert after["baseline"] == before["baseline"] and after["augmented"] == before["augmented"]
