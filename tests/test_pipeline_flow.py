@@ -446,3 +446,14 @@ def test_report_says_what_a_smaller_pipeline_did_not_produce(tmp_path):
     assert "- Overrides: `data.shots=5`" in report
     assert "| prepare | skipped (up to date) | 0.8 s |" in report
     assert per_class_f1(tmp_path) is None
+
+
+def test_an_experiment_name_that_exists_is_refused_before_any_stage(tmp_path, prefect_api):
+    repo = make_toy_repo(tmp_path / "toy", ONE_STAGE)
+    first, _ = run_flow(repo=str(repo), overrides={"data.shots": 3}, experiment_name="three")
+    assert first.is_completed(), first.message
+    lock_before = list(repo.glob("**/dvc.lock"))
+    again, run_id = run_flow(repo=str(repo), overrides={"data.shots": 4}, experiment_name="three")
+    assert again.is_failed() and "experiment_name 'three'" in again.message and "already has one so named" in again.message
+    assert task_runs_of(run_id) == {}  # refused before any stage ran
+    assert dvc(repo, "exp", "list", "--name-only").split() == ["three"] and list(repo.glob("**/dvc.lock")) == lock_before
