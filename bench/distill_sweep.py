@@ -25,7 +25,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import yaml
 
 from bench.common import (DOC, ROOT, Skip, command_line, fmt_ci, fmt_delta, machine, make_project, markdown_table,
@@ -54,7 +53,6 @@ def score_configs(project: Path, configs: dict[str, dict], variants: list[str]) 
     from ganaug.config.params import FinetuneParams
     from ganaug.io.data import load_prepared, to_float
     from ganaug.judge.metrics import classification_metrics
-    from ganaug.nets.classifier import load_classifier  # noqa: F401 (keeps the stage imports in one place)
     from ganaug.train.finetune import build_stream, finetune
     from ganaug.train.fit import predict
 
