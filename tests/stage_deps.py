@@ -97,3 +97,32 @@ def sections_read(stage_file: Path) -> set[str]:
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in holders:
             sections.add(node.attr)
     return sections
+
+
+def rewrite_code_deps(dvc_yaml: Path) -> None:
+    """Rewrite every stage's `.py` deps in `dvc_yaml` as its import closure (other lines kept as they are).
+
+    After adding an import: `.venv/bin/python -c "import sys; sys.path.insert(0, 'tests'); from stage_deps import *; rewrite_code_deps(ROOT / 'dvc.yaml')"`
+    """
+    import yaml
+
+    text = dvc_yaml.read_text()
+    closures = {}
+    for name, st in yaml.safe_load(text)["stages"].items():
+        body = st.get("do", st)
+        closures[name] = sorted(p for p in import_closure(stage_module(body["cmd"])) if not p.endswith("__init__.py"))
+    out, stage, lines, i = [], None, text.split("\n"), 0
+    while i < len(lines):
+        line = lines[i]
+        if m := re.match(r"^  (\w+):\s*$", line):
+            stage = m.group(1)
+        if (dm := re.match(r"^(\s+)deps:\s*$", line)) and stage in closures:
+            out.append(line)
+            indent, i = dm.group(1) + "  ", i + 1
+            while i < len(lines) and re.match(rf"^{indent}- (stages|ganaug)/\S+\.py\s*$", lines[i]):
+                i += 1
+            out += [f"{indent}- {p}" for p in closures[stage]]
+            continue
+        out.append(line)
+        i += 1
+    dvc_yaml.write_text("\n".join(out))

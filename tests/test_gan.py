@@ -133,7 +133,7 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(digits, tmp_path):
     # "Killed" at step 10: the checkpoint of step 6 stays, steps 7..10 are lost and redone.
     s = train_gan(digits, p, tmp_path / "b.pt", tmp_path / "ckpt_b", CPU, stop_after=10)
     assert s.get("stopped") and not (tmp_path / "b.pt").exists()
-    assert [f.name for f in (tmp_path / "ckpt_b").iterdir()] == [f"{fingerprint(digits, p)}.pt"]
+    assert [f.name for f in (tmp_path / "ckpt_b").iterdir()] == [f"{fingerprint(digits, p, CPU)}.pt"]
     torch.manual_seed(1234)  # a restarted process has a different global RNG; the checkpoint restores it
     s = train_gan(digits, p, tmp_path / "b.pt", tmp_path / "ckpt_b", CPU)
     assert s["resumed_from"] == 6 and s["steps"] == 20
@@ -152,8 +152,8 @@ def test_checkpoint_of_another_config_is_not_resumed(digits, tmp_path):
     assert s["resumed_from"] == 0
     other_pixels = ImageSet(digits.x.copy(), digits.y, digits.class_names)
     other_pixels.x[0, 0, 0, 0] ^= 1
-    assert len({fingerprint(digits, p), fingerprint(digits, changed), fingerprint(other_pixels, p)}) == 3
-    assert fingerprint(digits, p) == fingerprint(digits, p.model_copy(update={"checkpoint_every": 7}))
+    assert len({fingerprint(digits, p, CPU), fingerprint(digits, changed, CPU), fingerprint(other_pixels, p, CPU)}) == 3
+    assert fingerprint(digits, p, CPU) == fingerprint(digits, p.model_copy(update={"checkpoint_every": 7}), CPU)
 
 
 class Payload:
@@ -168,9 +168,9 @@ class Payload:
 
 def test_unreadable_or_malicious_checkpoint_is_ignored(digits, tmp_path, capsys):
     p = GanParams(steps=4, checkpoint_every=2, **TINY)
-    ckpt = tmp_path / "ckpt" / f"{fingerprint(digits, p)}.pt"
+    ckpt = tmp_path / "ckpt" / f"{fingerprint(digits, p, CPU)}.pt"
     ckpt.parent.mkdir()
-    torch.save({"fingerprint": fingerprint(digits, p), "step": 2, "g": Payload(tmp_path / "pwned")}, ckpt)
+    torch.save({"fingerprint": fingerprint(digits, p, CPU), "step": 2, "g": Payload(tmp_path / "pwned")}, ckpt)
     s = train_gan(digits, p, tmp_path / "gan.pt", ckpt.parent, CPU)
     assert s["resumed_from"] == 0 and not (tmp_path / "pwned").exists()
     assert "ignoring unreadable checkpoint" in capsys.readouterr().out

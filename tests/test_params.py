@@ -126,3 +126,13 @@ def test_each_stage_rejects_bad_params_before_any_work(tmp_path, monkeypatch, ca
     assert info.value.code == 2
     assert err.startswith("error: params.yaml: gan.steps:") and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written
+
+
+def test_architecture_names_are_the_ones_the_nets_build():
+    from ganaug.config.params import CLASSIFIER_ARCHS, GAN_ARCHS
+    from ganaug.nets.classifier import ClassifierConfig, build_classifier
+    from ganaug.nets.gan import ARCHS
+
+    assert set(GAN_ARCHS) == set(ARCHS)
+    for arch in CLASSIFIER_ARCHS:  # every name the schema allows builds a classifier (no weights needed)
+        assert build_classifier(ClassifierConfig(arch=arch, n_classes=3)).head.out_features == 3

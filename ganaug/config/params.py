@@ -16,7 +16,8 @@ from ganaug.config.errors import UserError
 
 ClassRef = Union[int, str]  # a class index into the dataset's sorted classes, or a class name
 
-CLASSIFIER_ARCHS = ("convnet", "resnet18", "resnet34", "mobilenet_v3_small")
+CLASSIFIER_ARCHS = ("convnet", "resnet18", "resnet34", "mobilenet_v3_small")  # ganaug/nets/classifier.py builds these
+GAN_ARCHS = ("resize", "dcgan")  # the keys of ganaug/nets/gan.py ARCHS (tests/test_params.py checks they agree)
 DIFFAUG_OPS = ("color", "translation", "cutout")
 AUGMENT_POLICIES = ("none", "trivialaugment", "randaugment")  # ganaug/train/classical_aug.py POLICIES
 
@@ -78,7 +79,7 @@ class ClassifierParams(_Section):
 
 
 class GanParams(_Section):
-    arch: Literal["resize", "dcgan"] = "resize"  # dcgan: ~half the compute, less varied samples (ganaug/nets/gan.py)
+    arch: Literal[GAN_ARCHS] = "resize"  # type: ignore[valid-type]  # dcgan: ~half the compute, less varied samples (ganaug/nets/gan.py)
     z_dim: int = Field(64, ge=1)
     g_width: int = Field(64, ge=4)
     d_width: int = Field(64, ge=4)

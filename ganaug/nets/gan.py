@@ -43,8 +43,8 @@ class GanConfig:
     arch: str = "resize"  # a key of ARCHS
 
     def __post_init__(self) -> None:
-        if self.arch not in ("dcgan", "resize"):
-            raise ValueError(f"arch must be 'dcgan' or 'resize', got {self.arch!r}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(map(repr, ARCHS))}, got {self.arch!r}")
         if self.image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4 (the generator upsamples twice), got {self.image_size}")
         if self.n_classes < 1 or self.channels not in (1, 3):

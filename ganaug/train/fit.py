@@ -5,9 +5,10 @@ seeded `torch.Generator`, so a run is a pure function of its inputs and seed.
 
 Resumable: given `ckpt_path`, `fit` writes the whole training state (model,
 optimiser, the torch.Generator, the global torch RNG, the step and the running
-log statistics) there every `cfg.checkpoint_every` steps, atomically. A later
-call with the same config, data and starting weights (their fingerprint is
-stored in the checkpoint) resumes from it, and ends with weights bit-identical
+log statistics) there every `cfg.checkpoint_every` steps, atomically, through
+`ganaug/train/checkpoint.py` (the GAN trainer uses the same module). A later
+call with the same config, data, stream, starting weights, training code and
+device type (their fingerprint is stored in the checkpoint) resumes from it, and ends with weights bit-identical
 (on CPU) to an uninterrupted run. The checkpoint is deleted when training ends.
 The dvclive curves of a resumed run start at the resume point.
 
@@ -22,9 +23,8 @@ False` and `CUBLAS_WORKSPACE_CONFIG=:4096:8`, at some cost in speed.
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import pickle
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ganaug.io.atomic import atomic_file, remove_stale_temporaries
+from ganaug.io.atomic import remove_stale_temporaries
+from ganaug.train import checkpoint, streams
 from ganaug.train.runtime import open_live, progress
 from ganaug.train.streams import Stream, bn_eval, schedule_phase, stream_loss
 
@@ -86,43 +87,20 @@ def _describe_augment(augment: Optional[Augment]) -> str:
 def fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FitConfig, device: torch.device,
                 augment: Optional[Augment], stream: Optional[Stream] = None,
                 stream_augment: Optional[Augment] = None) -> str:
-    """sha256 of what a run's result depends on: config, data, stream, starting weights, augmentations, device type."""
-    h = hashlib.sha256()
+    """What a run's result depends on (`checkpoint.Fingerprint`): config, data, stream, starting weights,
+    augmentations, the training code and the device type."""
     conf = {k: v for k, v in asdict(cfg).items() if k != "checkpoint_every"}
-    h.update(repr(sorted(conf.items())).encode())
-    h.update(f"{device.type}|{_describe_augment(augment)}|{_describe_augment(stream_augment)}".encode())
+    fp = checkpoint.Fingerprint(repr(sorted(conf.items())), device)
+    fp.text(f"{_describe_augment(augment)}|{_describe_augment(stream_augment)}")
+    fp.code([sys.modules[__name__], streams, sys.modules[type(model).__module__]])
     tensors = [("x", x), ("y", y), *model.state_dict().items()]
     if stream is not None:
         tensors += [("stream_x", stream.x), ("stream_soft", stream.soft), ("stream_hard", stream.hard)]
-        h.update(f"T={stream.temperature}".encode())
+        fp.text(f"T={stream.temperature}")
     for name, t in tensors:
-        arr = t.detach().cpu().contiguous()
-        h.update(f"{name}|{arr.dtype}|{tuple(arr.shape)}|".encode())
-        h.update(arr.view(-1).view(torch.uint8).numpy().tobytes() if arr.numel() else b"")
-    for p in model.parameters():  # which parameters train (backbone_lr_mult=0 freezes the body)
-        h.update(b"1" if p.requires_grad else b"0")
-    return h.hexdigest()
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write `state` to `path` atomically (temporary file, then rename)."""
-    with atomic_file(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: Optional[Path], fp: str) -> Optional[dict]:
-    """The checkpoint at `path` if there is one for this run (same fingerprint), else None."""
-    if path is None or not Path(path).is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as exc:
-        print(f"fit: ignoring unreadable checkpoint {path} ({exc.__class__.__name__}: {exc})")
-        return None
-    if not isinstance(state, dict) or state.get("fingerprint") != fp:
-        print(f"fit: ignoring checkpoint {path}: made for another config, data or starting model")
-        return None
-    return state
+        fp.tensor(name, t)
+    fp.text("".join("1" if p.requires_grad else "0" for p in model.parameters()))  # backbone_lr_mult=0 freezes the body
+    return fp.hexdigest()
 
 
 @dataclass
@@ -208,7 +186,7 @@ def fit(
     base_lrs = [grp["lr"] for grp in opt.param_groups]
     log = {"loss_sum": 0.0, "n_loss": 0, "correct": 0, "seen": 0, "stream_sum": 0.0}
     start, live_step = 0, 0
-    state = load_checkpoint(ckpt_path, fp)
+    state = checkpoint.load(ckpt_path, fp, "fit")
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
@@ -251,12 +229,12 @@ def fit(
             live_step += 1
             log = {"loss_sum": 0.0, "n_loss": 0, "correct": 0, "seen": 0, "stream_sum": 0.0}
         if ckpt_path is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            save_checkpoint(ckpt_path, {
-                "fingerprint": fp, "step": step + 1, "model": model.state_dict(), "opt": opt.state_dict(),
+            checkpoint.save(ckpt_path, {
+                "step": step + 1, "model": model.state_dict(), "opt": opt.state_dict(),
                 "rng": g.get_state(), "stream_rng": gs.get_state(), "torch_rng": torch.get_rng_state(),
                 "live_step": live_step, "log": log,
                 **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-            })
+            }, fp)
     if live:
         live.end()
     seconds = time.perf_counter() - t0

@@ -18,9 +18,11 @@ Resumable: every `gan.checkpoint_every` steps the whole training state (nets,
 optimisers, the torch.Generator every random number is drawn from, the global
 torch RNG state and the step) is written to `<ckpt_dir>/<fingerprint>.pt`
 (`checkpoints/train_gan/` for the stage train_gan).
-The fingerprint hashes the gan params (except `checkpoint_every`), the training
-images, labels and class names and the source of the GAN modules, so a changed
-config, dataset or code never resumes a stale checkpoint. A run that is killed and restarted ends with
+The checkpoint and its fingerprint come from `ganaug/train/checkpoint.py`, the
+same module the supervised loop uses: the gan params (except `checkpoint_every`),
+the training images, labels and class names, the source of the GAN modules and
+the device type, so a changed config, dataset, code or device never resumes a
+stale checkpoint. A run that is killed and restarted ends with
 weights bit-identical (on CPU) to an uninterrupted run. The checkpoint is
 deleted when training finishes.
 """
@@ -30,6 +32,7 @@ import copy
 import hashlib
 import math
 import pickle
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -45,6 +48,7 @@ from ganaug.io.data import ImageSet, to_float
 from ganaug.nets import diffaug, gan as gan_model
 from ganaug.nets.diffaug import diff_augment
 from ganaug.nets.gan import GanConfig, build_discriminator, build_generator, d_hinge_loss, g_hinge_loss
+from ganaug.train import checkpoint
 from ganaug.train.runtime import open_live, progress, seed_everything
 
 LOG_EVERY = 10
@@ -256,23 +260,15 @@ class SnapshotAverage:
 
 # ---------------------------------------------------------------- checkpoints
 
-def fingerprint(ds: ImageSet, p: GanParams, source_sha: str = "") -> str:
-    """sha256 of the gan params, the training set, the source GAN's sha256 (init=source) and the GAN code.
+def fingerprint(ds: ImageSet, p: GanParams, device: torch.device, source_sha: str = "") -> str:
+    """What a GAN run's result depends on (`checkpoint.Fingerprint`): the gan params, the training set, the
+    source GAN's sha256 (init=source), the GAN code and the device type.
 
     `checkpoint_every` is left out: it does not change the result.
     """
-    h = hashlib.sha256()
-    h.update(p.model_dump_json(exclude={"checkpoint_every"}).encode())
-    h.update(source_sha.encode())
-    data = hashlib.sha256()
-    for arr in (np.ascontiguousarray(ds.x), np.ascontiguousarray(ds.y, dtype=np.int64)):
-        data.update(str(arr.shape).encode() + arr.tobytes())
-    data.update("\0".join(ds.class_names).encode())
-    h.update(data.digest())
-    for module in (diffaug, gan_model):
-        h.update(Path(module.__file__).read_bytes())
-    h.update(Path(__file__).read_bytes())
-    return h.hexdigest()
+    fp = checkpoint.Fingerprint(p.model_dump_json(exclude={"checkpoint_every"}), device).text(source_sha)
+    fp.tensor("x", ds.x).tensor("y", np.asarray(ds.y, dtype=np.int64)).text("\0".join(ds.class_names))
+    return fp.code([diffaug, gan_model, sys.modules[__name__]]).hexdigest()
 
 
 def load_source_gan(path: Optional[Path]) -> dict:
@@ -288,22 +284,10 @@ def load_source_gan(path: Optional[Path]) -> dict:
     return {**blob, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
 
 
-def save_checkpoint(trainer: GanTrainer, path: Path, fp: str) -> None:
-    with atomic_file(path) as tmp:
-        torch.save({**trainer.state_dict(), "fingerprint": fp}, tmp)
-
-
 def resume(trainer: GanTrainer, path: Path, fp: str) -> int:
     """Load the checkpoint at `path` if there is a usable one; return the step training goes on from."""
-    if not path.is_file():
-        return 0
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        print(f"train_gan: ignoring unreadable checkpoint {path} ({exc.__class__.__name__})")
-        return 0
-    if not isinstance(sd, dict) or sd.get("fingerprint") != fp:
-        print(f"train_gan: ignoring checkpoint {path} of another config or dataset")
+    sd = checkpoint.load(path, fp, "train_gan")
+    if sd is None:
         return 0
     trainer.load_state_dict(sd)
     return trainer.step
@@ -369,7 +353,7 @@ def run_steps(trainer: GanTrainer, end: int, ckpt: Path, fp: str, curves: Curves
         stats = trainer.train_step()
         curves.add(trainer.step, stats, final=trainer.step == p.steps)
         if trainer.step % p.checkpoint_every == 0 and trainer.step < p.steps:
-            save_checkpoint(trainer, ckpt, fp)
+            checkpoint.save(ckpt, trainer.state_dict(), fp)
     curves.end()
 
 
@@ -394,7 +378,7 @@ def train_gan(
     real = BalancedBatches(to_float(ds.x).to(device), torch.as_tensor(ds.y, dtype=torch.long), cfg.n_classes)
     source = load_source_gan(source_path) if p.init == "source" else None
     trainer = GanTrainer(cfg, p, real, device, source)
-    fp = fingerprint(ds, p, source["sha256"] if source else "")
+    fp = fingerprint(ds, p, device, source["sha256"] if source else "")
     ckpt = Path(ckpt_dir) / f"{fp}.pt"
     start, curves = resume(trainer, ckpt, fp), Curves(live_dir)
     t0 = time.perf_counter()
