@@ -135,6 +135,11 @@ def save_classifier(path: Path, model: nn.Module, cfg: ClassifierConfig, class_n
 
 def load_classifier(path: str | Path) -> tuple[nn.Module, ClassifierConfig, list[str]]:
     """Rebuild a classifier saved by `save_classifier` (weights only, no pickle)."""
+    return load_classifier_and_summary(path)[:3]
+
+
+def load_classifier_and_summary(path: str | Path) -> tuple[nn.Module, ClassifierConfig, list[str], dict]:
+    """As `load_classifier`, plus the summary `save_classifier` stored (e.g. which variant it is)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: classifier checkpoint not found")
@@ -145,4 +150,4 @@ def load_classifier(path: str | Path) -> tuple[nn.Module, ClassifierConfig, list
         model.load_state_dict(blob["state_dict"])
     except (RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         raise UserError(f"{path}: not a ganaug classifier checkpoint ({exc.__class__.__name__}: {str(exc)[:200]})") from None
-    return model, cfg, list(blob["class_names"])
+    return model, cfg, list(blob["class_names"]), dict(blob.get("summary") or {})

@@ -17,7 +17,7 @@ import torch
 from ganaug.config.errors import DataError, UserError
 from ganaug.config.params import FinetuneParams
 from ganaug.io.data import ImageSet, load_prepared, load_synthetic, to_float
-from ganaug.nets.classifier import load_classifier
+from ganaug.nets.classifier import load_classifier, load_classifier_and_summary
 from ganaug.train.classical_aug import build_augment
 from ganaug.train.fit import FitConfig, fit
 from ganaug.train.runtime import seed_everything
@@ -57,8 +57,8 @@ def load_teachers(paths: list[Path], train: ImageSet) -> list[torch.nn.Module]:
     """The teacher classifiers: each fine-tuned on the real shots alone (a real-only variant), for `train`'s classes."""
     teachers = []
     for path in paths:
-        model, _, names = load_classifier(path)
-        variant = torch.load(path, map_location="cpu", weights_only=True).get("summary", {}).get("variant")
+        model, _, names, summary = load_classifier_and_summary(path)
+        variant = summary.get("variant")
         if variant not in REAL_ONLY:
             raise UserError(f"{path}: a teacher must be a real-shot variant ({', '.join(REAL_ONLY)}), "
                             f"this one is {variant!r}")

@@ -56,9 +56,9 @@ class FitConfig:
     stream_batch: int = 32  # stream images per step, besides `batch_size` real ones
     stream_weight: float = 1.0  # weight of the stream's loss (0: the real-only run, bit for bit)
     hard_weight: float = 0.0  # weight of the hard labels in the stream's loss (0: distillation only)
-    schedule: str = "joint"  # streams.SCHEDULES
+    schedule: str = "joint"  # joint | synthetic_first (finetune.schedule)
     first_fraction: float = 0.5  # schedule synthetic_first: this fraction of the steps on the stream alone
-    bn: str = "real"  # streams.BN_MODES: real (stream batches use BN in eval mode) | frozen (always eval) | joint
+    bn: str = "real"  # finetune.bn: real (stream batches use BN in eval mode) | frozen (always eval) | joint
 
 
 def _param_groups(model: nn.Module, cfg: FitConfig) -> list[dict]:

@@ -11,7 +11,7 @@ Jian and Torresani, AAAI 2022). Each stream image carries
   images belong to other classes).
 
 The loss on a stream batch (`stream_loss`) is `(1 - h) * T^2 * KL(soft || student_T)
-+ h * CE(student, hard)`, with h the weight of the hard labels (`LABEL_MODES`:
++ h * CE(student, hard)`, with h the weight of the hard labels (`finetune.synth_labels`:
 hard 1, soft 0, mixed `mixed_hard_weight`); rows without a hard label always
 take the distillation term alone.
 """
@@ -23,10 +23,6 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-LABEL_MODES = ("hard", "soft", "mixed")
-SCHEDULES = ("joint", "synthetic_first")  # synthetic_first: the stream alone, then the real shots alone
-BN_MODES = ("real", "frozen", "joint")  # where BatchNorm's statistics come from (see `bn_mode`)
 
 
 @dataclass
@@ -56,11 +52,6 @@ def teacher_probs(teachers: Sequence[nn.Module], x: torch.Tensor, temperature: f
     return total / len(teachers)
 
 
-def one_hot_targets(hard: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Probabilities that put all mass on the hard label (for streams labelled without a teacher)."""
-    return F.one_hot(hard.clamp(min=0), n_classes).float()
-
-
 def stream_loss(logits: torch.Tensor, soft: torch.Tensor, hard: torch.Tensor, temperature: float,
                 hard_weight: float) -> torch.Tensor:
     """Distillation at T (scaled by T^2, Hinton et al.) blended with cross-entropy on the hard labels."""
@@ -75,7 +66,7 @@ def stream_loss(logits: torch.Tensor, soft: torch.Tensor, hard: torch.Tensor, te
 
 
 def hard_weight_of(mode: str, mixed_hard_weight: float) -> float:
-    """The weight of the hard-label term for a `LABEL_MODES` name."""
+    """The weight of the hard-label term for a `finetune.synth_labels` name (hard, soft, mixed)."""
     return {"hard": 1.0, "soft": 0.0, "mixed": mixed_hard_weight}[mode]
 
 
