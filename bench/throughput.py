@@ -11,7 +11,7 @@ rounds of images per second.
   parameter count (within 5%), batch and image size. Real images per second.
 - What speeds ganaug's step up on a CPU: torch threads, `channels_last`, fused Adam,
   `torch.compile` (steady state and the compile time it must win back).
-- Synthesis: `stages.synthesize.synthesize` (EMA generator, PNGs, manifest,
+- Synthesis: `ganaug.tools.synthesis.synthesize` (EMA generator, PNGs, manifest,
   sample grid) against generating with the reference G and saving PNGs with PIL.
 - Fine-tuning: `ganaug.train.finetune.finetune` against a minimal AdamW loop over a
   `DataLoader` on the same classifier, batch and data; plus the cost of classical augmentation.
@@ -53,7 +53,7 @@ from ganaug.train.finetune import finetune
 from ganaug.train.gan import BalancedBatches, GanTrainer, export_model
 from ganaug.train.runtime import configure_threads
 from stages.prepare import prepare
-from stages.synthesize import synthesize
+from ganaug.tools.synthesis import synthesize
 
 CPU = torch.device("cpu")
 

@@ -321,7 +321,7 @@ def render(run: dict, mode: str, command: str) -> str:
         f"- Intervals: {ci_note}. `*`: the 95% interval excludes 0.",
         "- wall s: what a variant costs beyond real-only's own upstream (prepare, pretrain), from `dvc repro`'s stage "
         "times: its fine-tuning, plus for the GAN variants GAN training, synthesis (which waits for the real-only "
-        "model as its judge) and concat.",
+        "model as its judge).",
     ]
     out += [f"- Skipped {d}: {why}" for d, why in run["skipped"].items()]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):

@@ -1,4 +1,5 @@
-"""`ganaug run` (one flow run now) and `ganaug serve` (the nightly and the manual deployment).
+"""`ganaug run` (one flow run now) and `ganaug serve` (the nightly and the manual deployment);
+`ganaug sample` and `ganaug evaluate` (`ganaug/tools/artifact_cli.py`) use a trained GAN or classifier directly.
 
 Exit codes of `ganaug run`: 0 the flow run completed, 1 it failed (a stage
 failed after its retries), 2 the command line, an override or `--repo` is
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(serve)
     serve.add_argument("--cron", default=None, help="nightly schedule (default: '0 2 * * *')")
     serve.add_argument("--timezone", default=None, help="timezone of the schedule (default: UTC)")
+
+    from ganaug.tools.artifact_cli import add_parsers  # `sample`, `evaluate`: the same core code as the stages
+    add_parsers(sub)
     return ap
 
 
@@ -114,6 +118,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("sample", "evaluate"):
+        from ganaug.tools.artifact_cli import run as run_artifact_command
+        return run_artifact_command(args)
     try:
         return cmd_run(args) if args.command == "run" else cmd_serve(args)
     except (OverrideError, WorkspaceError) as exc:

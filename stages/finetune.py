@@ -8,8 +8,7 @@ so the variants differ only in their training data and augmentation:
 |---|---|---|
 | `baseline` | real shots | `none` |
 | `classical` | real shots | `finetune.augment` (default `trivialaugment`) |
-| `augmented` | real + synthetic | `none` |
-| `augmented_classical` | real + synthetic | `finetune.augment` |
+| `augmented` | real + synthetic (`--train target_train.npz data/synthetic`: the images `concat` publishes) | `none` |
 
 `--augment` takes a policy name of `ganaug/train/classical_aug.py` (random crop with
 padding plus torchvision's TrivialAugmentWide or RandAugment, per image).
@@ -46,7 +45,9 @@ from ganaug.train.runtime import pick_device
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--variant", required=True)
-    ap.add_argument("--train", required=True, help="a prepared .npz or an ImageFolder tree with manifest.parquet")
+    ap.add_argument("--train", required=True, nargs="+", type=Path,
+                    help="a prepared .npz or an ImageFolder tree with manifest.parquet, then optionally trees of "
+                         "synthetic images (data/synthetic) added to it with their hard labels")
     ap.add_argument("--augment", default="none", help=f"classical augmentation policy: {' | '.join(POLICIES)}")
     ap.add_argument("--extra", nargs="*", default=[], type=Path,
                     help="second stream: data/synthetic and/or data/prepared/source.npz (labelled by the teacher)")
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     check_policy(args.augment, "finetune --augment")
     clf_path = Path("models/classifier.pt")
     _, clf_cfg, _ = load_classifier(clf_path)
-    train = load_training_set(Path(args.train), clf_cfg.image_size, clf_cfg.channels)
+    train = load_training_set(args.train, clf_cfg.image_size, clf_cfg.channels)
     device = pick_device()
     stream = None
     if args.extra:
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(f"models/finetune/{args.variant}.pt")
     with atomic_file(out) as tmp:  # no timings in the file: same params, same bytes
         save_classifier(tmp, model, cfg, train.class_names,
-                        {"variant": args.variant, "train": str(args.train), "train_images": len(train),
+                        {"variant": args.variant, "train": " + ".join(map(str, args.train)), "train_images": len(train),
                          "augment": args.augment, "extra": [str(e) for e in args.extra],
                          "stream_images": summary["stream_images"],
                          "teacher": list(p.teacher) if args.extra else []})

@@ -5,6 +5,10 @@ Option: a torchvision architecture (`classifier.arch`), starting from its
 published ImageNet weights when `classifier.weights: imagenet` (read from the
 local torch hub cache; a clear error says where to put them when absent), then
 trained on the source set for `classifier.steps` (0 keeps ImageNet features).
+Bring your own: `classifier.weights: file` starts from `classifier.checkpoint`,
+a state dict of `classifier.arch` (or a ganaug classifier file); with
+`classifier.steps: 0` it is used as it is. Its path is a param: DVC reruns when
+the path changes; after changing the file in place run `dvc repro -f pretrain`.
 A stratified 10% of the source is held out to report source accuracy.
 """
 from __future__ import annotations
@@ -16,9 +20,10 @@ import torch
 
 from ganaug.config.errors import exit_on_user_error
 from ganaug.config.params import ClassifierParams, load_params
-from ganaug.io.atomic import atomic_file
+from ganaug.io.atomic import atomic_file, file_sha256
 from ganaug.io.data import ImageSet, load_prepared, to_float
-from ganaug.nets.classifier import ClassifierConfig, build_classifier, load_imagenet_weights, save_classifier
+from ganaug.nets.classifier import (ClassifierConfig, build_classifier, load_imagenet_weights, load_user_weights,
+                                    save_classifier)
 from ganaug.train.fit import FitConfig, fit, predict
 from ganaug.train.runtime import pick_device, seed_everything
 
@@ -41,10 +46,14 @@ def pretrain(source: ImageSet, p: ClassifierParams, device: torch.device, live_d
     model = build_classifier(cfg)
     if p.weights == "imagenet":
         load_imagenet_weights(model, p.arch)
+    start = {}
+    if p.weights == "file":
+        load_user_weights(model, p.checkpoint, p.arch)
+        start = {"start_checkpoint": str(p.checkpoint), "start_checkpoint_sha256": file_sha256(p.checkpoint)}
     train_idx, held_idx = holdout_split(source.y, 0.1, p.seed)
     x, y = to_float(source.x), torch.as_tensor(source.y)
     fit_cfg = FitConfig(p.steps, p.batch_size, p.lr, weight_decay=5e-4, seed=p.seed)
-    summary = fit(model, x[train_idx], y[train_idx], fit_cfg, device, live_dir, desc="pretrain")
+    summary = {**start, **fit(model, x[train_idx], y[train_idx], fit_cfg, device, live_dir, desc="pretrain")}
     if len(held_idx):
         pred = predict(model, x[held_idx], 512, device).argmax(1)
         summary["source_holdout_accuracy"] = round(float((pred == y[held_idx]).float().mean()), 4)

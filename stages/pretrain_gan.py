@@ -1,6 +1,11 @@
 """Stage `pretrain_gan`: the class-conditional GAN trained on the source set -> `models/gan_source.pt`.
 
-Only `gan.init: source` needs it. With `gan.init: scratch` (the default) the
+Only `gan.init: source` trains it. With `gan.init: checkpoint` the stage checks
+`gan.init_checkpoint` (a `models/gan.pt` ganaug wrote before, e.g. in another
+project) against the gan params and writes it here as the start of `train_gan`
+(a class count of its own is fine: class embeddings start afresh). Its path is a
+param: DVC reruns when the path changes; after changing the file in place run
+`dvc repro -f pretrain_gan`. With `gan.init: scratch` (the default) the
 stage writes a small placeholder saying so in well under a second, so the
 default pipeline does not pay for a source GAN; `train_gan` refuses the
 placeholder if it is ever asked to start from it.
@@ -21,7 +26,7 @@ from ganaug.config.errors import exit_on_user_error
 from ganaug.config.params import GanParams, load_params
 from ganaug.io.atomic import atomic_file
 from ganaug.io.data import ImageSet, load_prepared
-from ganaug.train.gan import train_gan
+from ganaug.train.gan import check_gan_checkpoint, train_gan
 from ganaug.train.runtime import pick_device
 
 OUT = Path("models/gan_source.pt")
@@ -38,6 +43,11 @@ def source_params(p: GanParams) -> GanParams:
 
 def pretrain_gan(source: Optional[ImageSet], p: GanParams, out_path: Path, ckpt_dir: Path, device: torch.device) -> dict:
     """Train the source GAN (init=source) or write the placeholder (init=scratch); return a summary."""
+    if p.init == "checkpoint":
+        blob = check_gan_checkpoint(Path(p.init_checkpoint), p)
+        with atomic_file(out_path) as tmp:
+            torch.save(blob, tmp)
+        return {"placeholder": False, "out": str(out_path), "checkpoint": p.init_checkpoint}
     if p.init != "source":
         with atomic_file(out_path) as tmp:
             torch.save(PLACEHOLDER, tmp)
@@ -50,6 +60,9 @@ def main() -> None:
     p = load_params("params.yaml").gan
     source = load_prepared("data/prepared/source.npz") if p.init == "source" else None
     s = pretrain_gan(source, p, OUT, Path("checkpoints/pretrain_gan"), pick_device())
+    if p.init == "checkpoint":
+        print(f"pretrain_gan: gan.init is checkpoint, {p.init_checkpoint} checked and copied -> {OUT}")
+        return
     if s["placeholder"]:
         print(f"pretrain_gan: gan.init is scratch, no source GAN trained -> placeholder {OUT}")
         return

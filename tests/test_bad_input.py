@@ -342,7 +342,7 @@ MANIFEST_CASES = {
     "absolute": (lambda tmp: "/etc/passwd", r"manifest path '/etc/passwd' leaves the dataset root"),
     "absolute to an image": (lambda tmp: str(tmp / "outside.png"), r"outside.png' leaves the dataset root"),
     "nested dot-dot": (lambda tmp: "a/../../outside.png", r"manifest path 'a/../../outside.png' leaves the dataset root"),
-    "symlink out": (lambda tmp: "a/link.png", r"manifest path 'a/link.png' resolves outside the dataset root"),
+    "symlink out": (lambda tmp: "0_a/link.png", r"manifest path '0_a/link.png' resolves outside the dataset root"),
 }
 
 
@@ -351,22 +351,22 @@ def test_manifest_paths_that_leave_the_root_are_refused(tmp_path, case):
     _outside_file(tmp_path)
     rel, message = MANIFEST_CASES[case]
     root = _manifest_root(tmp_path, [rel(tmp_path)])
-    os.symlink(tmp_path / "outside.png", root / "a" / "link.png")
+    os.symlink(tmp_path / "outside.png", root / "0_a" / "link.png")
     with pytest.raises(DataError, match=message):
         load_manifest_set(root, LoadOptions(SIZE, 1))
     with pytest.raises(DataError, match=message):  # the finetune stage's loader for data/augmented
-        load_training_set(root, SIZE, 1)
+        load_training_set([root], SIZE, 1)
 
 
 def test_manifest_row_for_a_missing_file_names_it(tmp_path):
-    root = _manifest_root(tmp_path, ["b/gone.png"])
-    with pytest.raises(DataError, match=r"augmented/b/gone.png: cannot read image"):
+    root = _manifest_root(tmp_path, ["1_b/gone.png"])
+    with pytest.raises(DataError, match=r"augmented/1_b/gone.png: cannot read image"):
         load_manifest_set(root, LoadOptions(SIZE, 1))
 
 
 def test_a_good_manifest_with_a_symlink_inside_the_root_loads(tmp_path):
-    root = _manifest_root(tmp_path, ["a/inside.png"])
-    os.symlink(root / "b" / "real_000001.png", root / "a" / "inside.png")
+    root = _manifest_root(tmp_path, ["0_a/inside.png"])
+    os.symlink(root / "1_b" / "real_000001.png", root / "0_a" / "inside.png")
     assert len(load_manifest_set(root, LoadOptions(SIZE, 1))) == 3
 
 

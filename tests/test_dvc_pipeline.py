@@ -46,7 +46,9 @@ def test_repro_runs_everything_then_skips_then_reruns_only_downstream(tiny_repro
     manifest = pd.read_parquet(project / "data/augmented/manifest.parquet")
     assert manifest["origin"].value_counts().to_dict() == {"real": 15, "synthetic": 20}  # 5 classes x (3 shots, 4 synthetic)
     folder = ImageFolder(str(project / "data/augmented"))
-    assert len(folder) == 35 and sorted(folder.class_to_idx) == ["5", "6", "7", "8", "9"]
+    assert len(folder) == 35 and sorted(folder.class_to_idx) == ["0_5", "1_6", "2_7", "3_8", "4_9"]
+    sheet = json.loads((project / "data/augmented/datasheet.json").read_text())
+    assert sheet["judged"]["evaluation"]["recommendation"] == metrics["recommendation"]
     assert (project / "plots/samples.png").stat().st_size > 0
     assert (project / "reports/eval.md").read_text().startswith("# ganaug evaluation")
     assert set(metrics["vs_baseline"]) == set(VARIANTS) - {"baseline"}
@@ -70,7 +72,8 @@ def test_repro_runs_everything_then_skips_then_reruns_only_downstream(tiny_repro
     before = json.loads((project / "metrics/eval.json").read_text())
     set_params(project, {"finetune": {"augment": "randaugment"}})
     fourth = run(DVC + ["repro"], project, env=pipeline_env())
-    assert ran_stages(fourth.stdout) == {f"finetune@{v}" for v in FINETUNE} | {f"distill@{v}" for v in DISTILL} | {"evaluate"}
+    assert ran_stages(fourth.stdout) == ({f"finetune@{v}" for v in FINETUNE} | {f"distill@{v}" for v in DISTILL}
+                                         | {"evaluate", "concat"})  # concat: its datasheet records every param
     assert "--augment randaugment" in fourth.stdout
     after = json.loads((project / "metrics/eval.json").read_text())
     assert after["baseline"] == before["baseline"] and after["augmented"] == before["augmented"]

@@ -224,7 +224,7 @@ def test_real_pipeline_runs_reports_skips_and_overrides_as_experiment(tmp_path, 
     first = state.result()
     order = [r.stage for r in first.stages]
     # every stage of dvc.yaml, each after the stages it depends on
-    assert CORE_STAGES <= set(order) and order[0] == "prepare" and order[-1] == "evaluate"
+    assert CORE_STAGES <= set(order) and order[0] == "prepare" and order[-1] == "concat"  # publishes last
     assert set(order) == {s for edge in edges for s in edge}
     assert all(order.index(up) < order.index(down) for up, down in edges)
     assert set(first.status_of().values()) == {"ran"}

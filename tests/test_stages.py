@@ -15,7 +15,7 @@ from ganaug.io.imagefolder import MANIFEST_COLUMNS, write_pngs
 from ganaug.nets.classifier import ClassifierConfig, build_classifier, imagenet_weights_path, load_classifier, save_classifier
 from ganaug.train.finetune import finetune
 from stages.concat import concat
-from stages.evaluate import compare, evaluate, write_outputs
+from ganaug.judge.evaluation import compare, evaluate, write_outputs
 from stages.prepare import prepare
 from stages.pretrain import pretrain
 
@@ -135,8 +135,8 @@ def test_concat_writes_an_imagefolder_with_manifest(tmp_path):
     assert df["origin"].value_counts().to_dict() == {"real": 6, "synthetic": 4}
     assert df.loc[df.origin == "real", "generator_sha256"].isna().all()
     folder = ImageFolder(str(tmp_path / "augmented"))
-    assert len(folder) == 10 and folder.class_to_idx == {"a": 0, "b": 1}
-    back = load_training_set(tmp_path / "augmented", 16, 1)
+    assert len(folder) == 10 and folder.class_to_idx == {"0_a": 0, "1_b": 1}
+    back = load_training_set([tmp_path / "augmented"], 16, 1)
     assert len(back) == 10 and np.array_equal(back.x[:6], real.x)
     assert not list(tmp_path.glob(".augmented.tmp-*"))
 
@@ -189,7 +189,7 @@ def test_torchvision_arch_loads_local_weights_or_says_where_to_put_them(tmp_path
 
 
 def test_verdicts_and_recommendation_follow_the_interval():
-    from stages.evaluate import recommendation, verdict
+    from ganaug.judge.verdicts import recommendation, verdict
 
     assert verdict("gan", 0.02, 0.01, 0.03).startswith("gan helped")
     assert verdict("gan", -0.02, -0.03, -0.01).startswith("gan hurt")

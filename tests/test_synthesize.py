@@ -17,13 +17,14 @@ from torchvision.datasets import ImageFolder
 from ganaug.config.errors import UserError
 from ganaug.config.params import GanParams, SynthParams
 from ganaug.io.data import LoadOptions, load_digits_set, save_prepared, select_classes, to_float, to_uint8
-from ganaug.io.imagefolder import MANIFEST, MANIFEST_COLUMNS, read_manifest
+from ganaug.io.imagefolder import MANIFEST, MANIFEST_COLUMNS, class_folders, read_manifest
 from ganaug.judge.synth_filter import load_judge
 from ganaug.nets.classifier import ClassifierConfig, build_classifier, save_classifier
 from ganaug.nets.gan import load_generator, sample, truncated_noise
 from ganaug.train.fit import FitConfig, fit
 from ganaug.train.gan import train_gan
-from stages.synthesize import REPORT, main, synthesize
+from ganaug.tools.synthesis import REPORT, synthesize
+from stages.synthesize import main
 
 CPU = torch.device("cpu")
 CLASSES = ["0", "1", "2"]
@@ -74,7 +75,8 @@ def test_writes_an_image_folder_with_its_manifest(gan_path, tmp_path):
     assert set(on_disk["generator_sha256"]) == {hashlib.sha256(gan_path.read_bytes()).hexdigest()}
     assert all((out / rel).is_file() for rel in on_disk["path"])
     folder = ImageFolder(str(out))
-    assert folder.classes == CLASSES and len(folder) == 12
+    assert folder.classes == class_folders(CLASSES) and len(folder) == 12
+    assert folder.targets == on_disk["label"].tolist()  # folder order is label order
     assert folder[0][0].size == (16, 16)
     with Image.open(png) as img:
         assert img.format == "PNG" and img.width > 200

@@ -64,7 +64,8 @@ class DataParams(_Section):
 
 class ClassifierParams(_Section):
     arch: Literal[CLASSIFIER_ARCHS] = "convnet"  # type: ignore[valid-type]
-    weights: Literal["none", "imagenet"] = "none"
+    weights: Literal["none", "imagenet", "file"] = "none"  # file: start from `checkpoint`
+    checkpoint: Optional[str] = None  # weights=file: your classifier (a state dict of `arch`, or a ganaug classifier .pt)
     width: int = Field(32, ge=4)
     steps: int = Field(400, ge=0)
     batch_size: int = Field(64, ge=1)
@@ -75,6 +76,9 @@ class ClassifierParams(_Section):
     def _weights_need_torchvision(self) -> "ClassifierParams":
         if self.weights == "imagenet" and self.arch == "convnet":
             raise ValueError("weights 'imagenet' needs a torchvision arch, not 'convnet'")
+        if (self.weights == "file") != (self.checkpoint is not None):
+            raise ValueError(f"weights 'file' and checkpoint go together (got weights={self.weights!r}, "
+                             f"checkpoint={self.checkpoint!r})")
         return self
 
 
@@ -95,7 +99,8 @@ class GanParams(_Section):
     checkpoint_every: int = Field(250, ge=1)
     seed: int = Field(0, ge=0, le=SEED_MAX)
     # GAN transfer: start from the GAN trained on the source set (stage pretrain_gan -> models/gan_source.pt)
-    init: Literal["scratch", "source"] = "scratch"
+    init: Literal["scratch", "source", "checkpoint"] = "scratch"  # checkpoint: a GAN of yours, `init_checkpoint`
+    init_checkpoint: Optional[str] = None  # init=checkpoint: a models/gan.pt written by ganaug (another run or project)
     source_steps: int = Field(1500, ge=1)  # pretrain_gan's steps (only with init: source)
     freeze: Literal["none", "d_lower", "alternate"] = "none"  # d_lower: FreezeD; alternate: D-only, then G-only phases
     freeze_d_blocks: int = Field(2, ge=1, le=4)  # freeze=d_lower: D's conv layers (4 with arch resize, 3 with dcgan) kept fixed
@@ -108,8 +113,11 @@ class GanParams(_Section):
 
     @model_validator(mode="after")
     def _freeze_d_needs_source(self) -> "GanParams":
-        if self.freeze == "d_lower" and self.init != "source":
-            raise ValueError("freeze 'd_lower' fine-tunes a pretrained discriminator: it needs init 'source'")
+        if self.freeze == "d_lower" and self.init == "scratch":
+            raise ValueError("freeze 'd_lower' fine-tunes a pretrained discriminator: it needs init 'source' or 'checkpoint'")
+        if (self.init == "checkpoint") != (self.init_checkpoint is not None):
+            raise ValueError(f"init 'checkpoint' and init_checkpoint go together (got init={self.init!r}, "
+                             f"init_checkpoint={self.init_checkpoint!r})")
         if self.arch == "dcgan" and self.freeze_d_blocks > 3:
             raise ValueError(f"freeze_d_blocks={self.freeze_d_blocks}: the dcgan discriminator has 3 conv layers")
         if self.average_last > 1 and (self.average_last - 1) * self.average_every >= self.steps:

@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import errno
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -144,3 +145,12 @@ def write_json(path: str | Path, obj: object) -> None:
     """Write `obj` as pretty, key-sorted JSON, atomically."""
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ganaug.config.errors import DataError
-from ganaug.io.imagefolder import MANIFEST, list_image_folder, read_image, read_manifest, safe_join
+from ganaug.io.imagefolder import (MANIFEST, check_class_names, list_image_folder, read_image, read_manifest,
+                                  safe_join)
 
 EMBEDDED = ("digits",)
 
@@ -142,6 +143,7 @@ def load_npz_set(path: Path, opts: LoadOptions) -> ImageSet:
     else:  # classes 0..max(y); a negative label is refused below
         names = _class_names_for(y) if y.size and np.issubdtype(y.dtype, np.integer) and y.max() >= 0 else []
     check_labels(path, y, len(x), names)
+    check_class_names(names, f"{path}: class_names")
     return ImageSet(convert_array(x, opts), y.astype(np.int64), names)
 
 
@@ -277,16 +279,22 @@ def load_manifest_set(root: Path, opts: LoadOptions) -> ImageSet:
     labels_ok = df["label"].min() >= 0 and sorted(df["label"].unique()) == list(range(len(names)))
     if not labels_ok or df.groupby("label")["class_name"].nunique().max() != 1:
         raise DataError(f"{where}: labels must be 0..K-1 with one class_name each")
+    check_class_names([str(n) for n in names], f"{where}: class_name")
     paths = [safe_join(root, rel) for rel in df["path"]]  # every path checked before any image is read
     x = [read_image(p, opts.image_size, opts.channels, opts.max_image_pixels) for p in paths]
     return ImageSet(np.stack(x), df["label"].to_numpy(np.int64), [str(n) for n in names])
 
 
-def load_training_set(path: Path, image_size: int, channels: int) -> ImageSet:
-    """A prepared `.npz`, or an ImageFolder tree with `manifest.parquet` (e.g. data/augmented)."""
-    if path.suffix == ".npz":
-        return load_prepared(path)
-    return load_manifest_set(path, LoadOptions(image_size, channels))
+def load_training_set(paths: Sequence[Path], image_size: int, channels: int) -> ImageSet:
+    """The first path (a prepared `.npz`, or an ImageFolder tree with `manifest.parquet`), followed by the
+    images of every further tree written by ganaug (e.g. `data/synthetic`), labelled by the first's classes."""
+    first, *more = [Path(p) for p in paths]
+    out = load_prepared(first) if first.suffix == ".npz" else load_manifest_set(first, LoadOptions(image_size, channels))
+    for root in more:
+        extra = load_synthetic(root, out)
+        if extra is not None:
+            out = ImageSet(np.concatenate([out.x, extra.x]), np.concatenate([out.y, extra.y]), list(out.class_names))
+    return out
 
 
 def load_synthetic(root: Path, like: ImageSet) -> Optional[ImageSet]:

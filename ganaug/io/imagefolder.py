@@ -5,10 +5,18 @@ RGBA, palette, 16-bit) to the requested size and channel count and refuses
 corrupt files and decompression bombs with a `DataError` naming the file.
 Manifest paths are resolved with `safe_join`, which refuses paths that leave
 their root.
+
+Class names are user data (an `.npz`'s `class_names`, a manifest's column): they
+never become paths as they are. `class_folders` maps them, before anything is
+written, to one safe folder name each, `<k>_<slug>` with the label k zero-padded,
+so that every reader that numbers classes by sorted folder name (torchvision's
+`ImageFolder`, Hugging Face's `imagefolder`) gives the manifest's labels.
 """
 from __future__ import annotations
 
 import contextlib
+import re
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -22,6 +30,35 @@ from ganaug.config.errors import DataError
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 MANIFEST = "manifest.parquet"
 MANIFEST_COLUMNS = ["path", "label", "class_name", "origin", "generator_sha256", "seed"]
+HF_METADATA = "metadata.jsonl"  # Hugging Face `imagefolder` metadata: file_name + the manifest's other columns
+SLUG_MAX = 48  # characters of a class name kept in its folder name
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")  # everything else (separators, dots, spaces, controls, non-ASCII) -> "_"
+
+
+def check_class_names(names: list[str], where: str) -> None:
+    """DataError naming `where` when two classes share a name (labels would be ambiguous)."""
+    seen: dict[str, int] = {}
+    for k, name in enumerate(names):
+        if name in seen:
+            raise DataError(f"{where}: classes {seen[name]} and {k} have the same name {name!r}; class names must be unique")
+        seen[name] = k
+
+
+def class_slug(name: str) -> str:
+    """The readable part of a class folder name: ASCII letters, digits, `_` and `-` only, at most SLUG_MAX."""
+    ascii_name = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode("ascii")
+    return _UNSAFE.sub("_", ascii_name).strip("_")[:SLUG_MAX].rstrip("_") or "class"
+
+
+def class_folders(class_names: list[str]) -> list[str]:
+    """One folder name per class, in label order: `<k>_<slug>`, k zero-padded to the same width.
+
+    Always a single, non-hidden path component, unique (the label makes it so) and
+    sorting in label order. Duplicate names are refused (`check_class_names`).
+    """
+    check_class_names(list(class_names), "class names")
+    width = len(str(max(len(class_names) - 1, 0)))
+    return [f"{k:0{width}d}_{class_slug(name)}" for k, name in enumerate(class_names)]
 
 
 def safe_join(root: Path, rel: str) -> Path:
@@ -110,11 +147,13 @@ def read_image(path: Path, image_size: int, channels: int, max_pixels: int) -> n
 
 
 def write_pngs(root: Path, x: np.ndarray, y: np.ndarray, class_names: list[str], stem: str) -> list[str]:
-    """Write uint8 (N, C, H, W) images as `<root>/<class>/<stem>_<i>.png`; return relative paths."""
+    """Write uint8 (N, C, H, W) images as `<root>/<class folder>/<stem>_<i>.png`; return relative paths."""
+    folders = class_folders(class_names)  # checked before anything is written
+    root.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, (img, label) in enumerate(zip(x, y)):
-        rel = f"{class_names[int(label)]}/{stem}_{i:06d}.png"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        rel = f"{folders[int(label)]}/{stem}_{i:06d}.png"
+        (root / rel).parent.mkdir(exist_ok=True)
         arr = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
         Image.fromarray(np.ascontiguousarray(arr)).save(root / rel, optimize=False, compress_level=1)
         paths.append(rel)
@@ -134,6 +173,13 @@ def read_manifest(root: Path) -> pd.DataFrame:
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}")
     return df
+
+
+def write_hf_metadata(root: Path, df: pd.DataFrame) -> None:
+    """`metadata.jsonl` for `datasets.load_dataset("imagefolder", data_dir=root)`: the manifest's rows with
+    `path` named `file_name`, so label, class_name, origin and seed come along as columns."""
+    meta = df.rename(columns={"path": "file_name"})
+    meta.to_json(root / HF_METADATA, orient="records", lines=True, force_ascii=False)
 
 
 def manifest_frame(paths: list[str], labels: np.ndarray, class_names: list[str], sha: str, seed: int) -> pd.DataFrame:

@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
+from ganaug.io.pictures import pyplot, tick_label
+
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:
     """Accuracy, macro-F1 and per-class precision/recall/F1/support."""
@@ -48,17 +50,15 @@ def bootstrap_delta(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n_cla
 
 
 def save_confusion_png(cm: np.ndarray, class_names: list[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cm = np.asarray(cm)
     size = 1.2 + 0.45 * len(class_names)
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(len(class_names)), class_names)
+    labels = [tick_label(n) for n in class_names]
+    ax.set_xticks(range(len(class_names)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title(title)

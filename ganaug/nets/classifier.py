@@ -129,6 +129,61 @@ def load_imagenet_weights(model: TorchvisionNet, arch: str) -> None:
         raise UserError(f"{path}: weights do not match torchvision {arch} (missing {missing[:3]}...)")
 
 
+def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """State-dict prefixes of the layer a new set of classes replaces: ours (`head.`) and torchvision's own."""
+    if not isinstance(model, TorchvisionNet):
+        return ("head.",)
+    seq = getattr(model.backbone, "classifier", None)
+    last = f"classifier.{len(seq) - 1}." if isinstance(seq, nn.Sequential) else "classifier."
+    return ("head.", "fc.", last)
+
+
+def _read_state(path: Path, arch: str) -> dict:
+    """The tensors of a user's checkpoint: a plain state dict, or a ganaug classifier file of the same arch."""
+    where = f"classifier.checkpoint: {path}"
+    if not path.is_file():
+        raise UserError(f"{where}: file not found")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise UserError(f"{where}: not readable as weights only ({exc.__class__.__name__}: {str(exc)[:120]})") from None
+    if isinstance(blob, dict) and "state_dict" in blob and isinstance(blob.get("config"), dict):
+        if blob["config"].get("arch") != arch:
+            raise UserError(f"{where}: a ganaug {blob['config'].get('arch')!r} classifier; classifier.arch is {arch!r}")
+        blob = blob["state_dict"]
+    if not isinstance(blob, dict) or not blob or not all(isinstance(v, torch.Tensor) for v in blob.values()):
+        raise UserError(f"{where}: not a state dict (a dict of tensors) nor a ganaug classifier checkpoint")
+    return blob
+
+
+def load_user_weights(model: nn.Module, path: str | Path, arch: str) -> None:
+    """Start `model` from a user's classifier (`classifier.weights: file`), all but the class layer.
+
+    Accepts the state dict of `arch` as torchvision or ganaug writes it (torchvision keys
+    with or without `backbone.`). Missing, unexpected or differently shaped tensors are a
+    UserError naming the first few; the class layer may have any number of classes.
+    """
+    path = Path(path)
+    state = _read_state(path, arch)
+    if isinstance(model, TorchvisionNet):
+        state = {k.removeprefix("backbone."): v for k, v in state.items()}
+        target = model.backbone
+    else:
+        target = model
+    heads = _head_prefixes(model)
+    own = {k: v for k, v in target.state_dict().items() if not k.startswith(heads)}
+    given = {k: v for k, v in state.items() if not k.startswith(heads)}
+    where = f"classifier.checkpoint: {path}"
+    if own.keys() - given.keys():
+        raise UserError(f"{where}: not a {arch} state dict; missing {sorted(own.keys() - given.keys())[:3]}")
+    if given.keys() - own.keys():
+        raise UserError(f"{where}: not a {arch} state dict; unexpected {sorted(given.keys() - own.keys())[:3]}")
+    bad = [f"{k} {tuple(given[k].shape)} (needs {tuple(v.shape)})" for k, v in own.items() if v.shape != given[k].shape]
+    if bad:
+        raise UserError(f"{where}: shapes do not fit classifier.arch={arch} and its width/channels: {', '.join(bad[:2])}")
+    target.load_state_dict({**target.state_dict(), **given})
+
+
 def save_classifier(path: Path, model: nn.Module, cfg: ClassifierConfig, class_names: list[str], summary: dict) -> None:
     torch.save({"config": asdict(cfg), "state_dict": model.state_dict(), "class_names": class_names, "summary": summary}, path)
 

@@ -18,7 +18,7 @@ import torch
 from ganaug.config.errors import UserError, exit_on_user_error
 from ganaug.io.atomic import atomic_file
 from ganaug.io.data import to_uint8
-from ganaug.io.pictures import grid_images
+from ganaug.io.pictures import grid_images, pyplot, tick_label
 from ganaug.nets.gan import load_generator, sample
 
 
@@ -37,10 +37,7 @@ def panels(gans: dict[str, Path], per_class: int, seed: int, which: str) -> tupl
 
 
 def plot_panels(mosaics: dict[str, np.ndarray], class_names: list[str], title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n = len(mosaics)
     h, w = next(iter(mosaics.values())).shape[:2]
@@ -49,7 +46,7 @@ def plot_panels(mosaics: dict[str, np.ndarray], class_names: list[str], title: s
         ax.imshow(m[..., 0] if m.shape[-1] == 1 else m, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_title(name, fontsize=10)
         rows = len(class_names)
-        ax.set_yticks([(r + 0.5) * (h - 1) / rows for r in range(rows)], labels=class_names)
+        ax.set_yticks([(r + 0.5) * (h - 1) / rows for r in range(rows)], labels=[tick_label(n) for n in class_names])
         ax.set_xticks([])
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -272,9 +272,9 @@ def fingerprint(ds: ImageSet, p: GanParams, device: torch.device, source_sha: st
 
 
 def load_source_gan(path: Optional[Path]) -> dict:
-    """The source GAN written by pretrain_gan (its weights and sha256), for gan.init=source."""
+    """The start written by pretrain_gan (its weights and sha256), for gan.init=source or checkpoint."""
     if path is None or not Path(path).is_file():
-        raise UserError(f"{path}: source GAN not found (gan.init=source needs the pretrain_gan stage)")
+        raise UserError(f"{path}: source GAN not found (gan.init=source or checkpoint needs the pretrain_gan stage)")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
@@ -282,6 +282,28 @@ def load_source_gan(path: Optional[Path]) -> dict:
     if not isinstance(blob, dict) or "generator" not in blob or "discriminator" not in blob:
         raise UserError(f"{path}: holds no source GAN (was pretrain_gan run with gan.init=scratch?); run it again")
     return {**blob, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+
+
+GAN_FILE_KEYS = ("config", "class_names", "generator", "discriminator")
+
+
+def check_gan_checkpoint(path: Path, p: GanParams) -> dict:
+    """A user's GAN checkpoint for gan.init=checkpoint: a ganaug models/gan.pt whose nets fit the gan params."""
+    where = f"gan.init_checkpoint: {path}"
+    if not path.is_file():
+        raise UserError(f"{where}: file not found")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise UserError(f"{where}: not readable as weights only ({exc.__class__.__name__})") from None
+    if not isinstance(blob, dict) or any(k not in blob for k in GAN_FILE_KEYS) or not isinstance(blob["config"], dict):
+        raise UserError(f"{where}: not a GAN checkpoint written by ganaug's train_gan (needs {list(GAN_FILE_KEYS)})")
+    cfg = blob["config"]
+    wrong = [f"gan.{k}={getattr(p, k)} but the checkpoint has {cfg.get(k)}" for k in ("arch", "z_dim", "g_width", "d_width")
+             if cfg.get(k, "resize" if k == "arch" else None) != getattr(p, k)]
+    if wrong:
+        raise UserError(f"{where}: does not fit the gan params: {'; '.join(wrong)}")
+    return {k: blob[k] for k in GAN_FILE_KEYS}
 
 
 def resume(trainer: GanTrainer, path: Path, fp: str) -> int:
@@ -376,7 +398,7 @@ def train_gan(
     _check_data(ds)
     cfg = GanConfig(len(ds.class_names), ds.x.shape[-1], ds.x.shape[1], p.z_dim, p.g_width, p.d_width, p.arch)
     real = BalancedBatches(to_float(ds.x).to(device), torch.as_tensor(ds.y, dtype=torch.long), cfg.n_classes)
-    source = load_source_gan(source_path) if p.init == "source" else None
+    source = load_source_gan(source_path) if p.init in ("source", "checkpoint") else None
     trainer = GanTrainer(cfg, p, real, device, source)
     fp = fingerprint(ds, p, device, source["sha256"] if source else "")
     ckpt = Path(ckpt_dir) / f"{fp}.pt"

@@ -1,0 +1,120 @@
+"""The published dataset through the real pipeline (issue #14): hostile class names end to end, and a
+downstream team importing `data/augmented` through a DVC remote, with real git and DVC."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from torchvision.datasets import ImageFolder
+
+from conftest import DVC, TINY_REPRO_GROUP, deep_update, pipeline_env, run
+from ganaug.io.data import LoadOptions, load_digits_set
+from ganaug.io.imagefolder import class_folders
+from ganaug.nets.classifier import load_classifier
+
+pytestmark = TINY_REPRO_GROUP
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+
+
+def _hostile_npz(path: Path, absolute: Path) -> list[str]:
+    """The digits as an .npz whose classes 5-9 (the default target classes) carry hostile names that also
+    sort differently from their label order; returns those five names."""
+    d = load_digits_set(LoadOptions(16, 1))
+    target = ["Sandal", "../../../escape", str(absolute), "a/b", "$\\undefinedmacro$"]
+    np.savez(path, x=d.x[:, 0], y=d.y, class_names=np.array([f"c{k}" for k in range(5)] + target))
+    return target
+
+
+def test_hostile_class_names_run_end_to_end_and_every_reader_agrees(tiny_repro_copy, tmp_path):
+    project = tiny_repro_copy
+    absolute = tmp_path / "absolute_target"
+    names = _hostile_npz(tmp_path / "hostile.npz", absolute)
+    run(DVC + ["exp", "run", "-S", f"data.target={tmp_path / 'hostile.npz'}"], project, env=pipeline_env())
+
+    assert not absolute.exists()
+    outside = [p for p in tmp_path.rglob("*") if not p.is_relative_to(project) and p.name in ("escape", "b")]
+    assert not outside, outside
+    for out in ("data/synthetic", "data/augmented"):
+        dirs = [p for p in (project / out).rglob("*") if p.is_dir()]
+        assert sorted(p.name for p in dirs) == class_folders(names) and all(p.parent == project / out for p in dirs)
+
+    manifest = pd.read_parquet(project / "data/augmented/manifest.parquet")
+    assert manifest.drop_duplicates("label").sort_values("label")["class_name"].tolist() == names
+    folder = ImageFolder(str(project / "data/augmented"))
+    by_path = dict(zip(manifest["path"], manifest["label"]))
+    assert [by_path[str(Path(p).relative_to(project / "data/augmented"))] for p, _ in folder.samples] == folder.targets
+    for model in (project / "models/finetune").glob("*.pt"):
+        assert load_classifier(model)[2] == names, model  # the trained heads number classes the same way
+    sheet = json.loads((project / "data/augmented/datasheet.json").read_text())
+    ev = json.loads((project / "metrics/eval.json").read_text())
+    assert [c["name"] for c in sheet["contents"]["classes"]] == names
+    assert sheet["judged"]["evaluation"]["recommendation"] == ev["recommendation"]
+    assert sheet["made_by"]["params"]["data"]["target"] == str(tmp_path / "hostile.npz")
+
+
+def _git_commit(repo: Path, message: str) -> None:
+    run(["git", "add", "-A"], repo)
+    run(GIT + ["commit", "-qm", message], repo)
+
+
+def _synthetic_count(root: Path) -> int:
+    return int((pd.read_parquet(root / "manifest.parquet")["origin"] == "synthetic").sum())
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_consumer_imports_the_dataset_through_the_remote_alone_and_updates_it(tiny_repro_copy, tmp_path):
+    # the README's downstream section, both sides. Producer: a remote, push, and git pushed to a bare
+    # "server" repo (which has no DVC cache and no workspace). Consumer: its own repo, importing by git URL.
+    producer, remote, server = tiny_repro_copy, tmp_path / "dvc-remote", tmp_path / "server.git"
+    run(DVC + ["remote", "add", "-d", "storage", str(remote)], producer)
+    _git_commit(producer, "pipeline run, with a DVC remote")
+    run(DVC + ["push"], producer)
+    run(GIT + ["tag", "-a", "augmented-dataset@v1.0.0", "-m", "first version"], producer)  # an artifact version (GTO)
+    run(["git", "clone", "-q", "--bare", str(producer), str(server)], tmp_path)
+    aside = tmp_path / "producer-cache"
+    shutil.move(producer / ".dvc" / "cache", aside)  # nothing but the remote can serve the data now
+
+    consumer = tmp_path / "consumer"
+    consumer.mkdir()
+    run(["git", "init", "-q"], consumer)
+    run(DVC + ["init", "-q"], consumer)
+    run(DVC + ["import", f"file://{server}", "data/augmented", "-o", "augmented"], consumer)
+    assert _files(consumer / "augmented") == _files(producer / "data/augmented")
+    assert _synthetic_count(consumer / "augmented") == 20
+    lock = yaml.safe_load((consumer / "augmented.dvc").read_text())
+    assert lock["deps"][0]["repo"]["url"] == f"file://{server}"
+
+    got = tmp_path / "artifact"  # the latest version of the artifact declared in dvc.yaml
+    run(DVC + ["artifacts", "get", f"file://{server}", "augmented-dataset", "-o", str(got)], tmp_path)
+    assert _files(got) == _files(producer / "data/augmented")
+
+    # a new version: the producer changes synth.per_class, reruns, pushes; the consumer updates
+    shutil.move(aside, producer / ".dvc" / "cache")
+    params = producer / "params.yaml"
+    params.write_text(yaml.safe_dump(deep_update(yaml.safe_load(params.read_text()), {"synth": {"per_class": 6}}),
+                                     sort_keys=False))
+    run(DVC + ["repro"], producer, env=pipeline_env())
+    _git_commit(producer, "six synthetic images per class")
+    run(DVC + ["push"], producer)
+    run(GIT + ["tag", "-a", "augmented-dataset@v1.1.0", "-m", "six per class"], producer)
+    run(["git", "push", "-q", "--follow-tags", str(server), "HEAD:refs/heads/" + _branch(producer)], producer)
+    run(DVC + ["update", "augmented.dvc"], consumer)
+    assert _synthetic_count(consumer / "augmented") == 30
+    assert _files(consumer / "augmented") == _files(producer / "data/augmented")
+    for rev, count in (("v1.0.0", 20), (None, 30)):  # a pinned version, and the latest
+        out = tmp_path / f"artifact-{rev}"
+        run(DVC + ["artifacts", "get", f"file://{server}", "augmented-dataset", "-o", str(out),
+                   *(["--rev", rev] if rev else [])], tmp_path)
+        assert _synthetic_count(out) == count
+
+
+def _branch(repo: Path) -> str:
+    return run(["git", "rev-parse", "--abbrev-ref", "HEAD"], repo).stdout.strip()
