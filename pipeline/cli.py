@@ -8,7 +8,9 @@ wrong (reported in one line naming the key, before anything runs).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from typing import Any, Optional, Sequence
 
 from pydantic import ValidationError
@@ -18,6 +20,26 @@ from pipeline.run_params import AugmentParams
 from pipeline.workspace import WorkspaceError, find_project
 
 SHORTCUTS = {"shots": "data.shots"}  # --shots 5 is --set data.shots=5
+STARTUP_TIMEOUT = 120  # seconds for the temporary Prefect server; Prefect's own 20 s is too short on a busy machine
+SERVER_DID_NOT_START = "Timed out while attempting to connect to ephemeral Prefect API server"
+
+
+def prefect_environment(startup_timeout: Optional[int]) -> Optional[tempfile.TemporaryDirectory]:
+    """Settings for Prefect, made before it is imported.
+
+    Its server's usage analytics are off: offline they only log a false ERROR every run. Without
+    PREFECT_API_URL the run gets a temporary server of its own with a database of its own (a temporary
+    folder, returned to be cleaned up), so two runs never share an SQLite file, and a longer start-up wait.
+    """
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    wait = startup_timeout if startup_timeout is not None else int(os.environ.get("GANAUG_PREFECT_STARTUP_TIMEOUT",
+                                                                                   STARTUP_TIMEOUT))
+    os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = str(wait)
+    home = tempfile.TemporaryDirectory(prefix="ganaug-prefect-")
+    os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{home.name}/prefect.db"
+    return home
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +73,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retries", type=int, default=2, metavar="N", help="retries of a failing stage (default 2)")
     p.add_argument("--retry-delay", type=float, default=10.0, metavar="SECONDS",
                    help="seconds before the first retry, doubling after (default 10)")
+    p.add_argument("--stage-timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop a stage try, with its processes, after this long (default: no limit)")
+    p.add_argument("--startup-timeout", type=int, default=None, metavar="SECONDS",
+                   help=f"without PREFECT_API_URL: how long to wait for the temporary Prefect server "
+                        f"(default {STARTUP_TIMEOUT}, or GANAUG_PREFECT_STARTUP_TIMEOUT)")
 
 
 def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -69,7 +96,7 @@ def flow_params(args: argparse.Namespace) -> AugmentParams:
     try:
         return AugmentParams(repo=str(project), overrides=collect_overrides(args),
                              experiment_name=getattr(args, "exp_name", None), retries=args.retries,
-                             retry_delay_seconds=args.retry_delay,
+                             retry_delay_seconds=args.retry_delay, stage_timeout_seconds=args.stage_timeout,
                              parallel=bool(getattr(args, "parallel", False) or getattr(args, "dask", None)))
     except ValidationError as exc:
         raise OverrideError(one_line(exc)) from None
@@ -85,9 +112,26 @@ def one_line(exc: ValidationError) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    params = flow_params(args)
+    home = prefect_environment(args.startup_timeout)
+    try:
+        return _run_flow(args, params)
+    except RuntimeError as exc:
+        if SERVER_DID_NOT_START not in str(exc):
+            raise
+        wait = os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]
+        print(f"error: the temporary Prefect server did not start within {wait} s (a busy machine?); "
+              "wait longer with --startup-timeout SECONDS, or start one (`prefect server start`) and set "
+              "PREFECT_API_URL", file=sys.stderr)
+        return 1
+    finally:
+        if home is not None:
+            home.cleanup()
+
+
+def _run_flow(args: argparse.Namespace, params: AugmentParams) -> int:
     from pipeline.flow import augment, dask_task_runner
 
-    params = flow_params(args)
     flow_ = augment
     if args.dask:
         flow_ = augment.with_options(task_runner=dask_task_runner(None if args.dask == "local" else args.dask))
@@ -107,6 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from pipeline.deploy import DEFAULT_CRON, DEFAULT_TIMEZONE, MANUAL, NIGHTLY, serve_deployments
 
     params = flow_params(args)

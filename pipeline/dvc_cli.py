@@ -7,7 +7,9 @@ runs with the same packages as the flow.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -65,9 +67,17 @@ class Streamed:
 
 def run_streaming(args: Sequence[str], cwd: Path, on_line: Callable[[str, str], None],
                   env: Optional[dict[str, str]] = None) -> Streamed:
-    """Run `args`, calling `on_line(stream, line)` for every stdout/stderr line as it arrives; `env` adds variables."""
+    """Run `args`, calling `on_line(stream, line)` for every stdout/stderr line as it arrives; `env` adds variables.
+
+    The command runs in a process group of its own (`dvc repro` and the stage it starts). If this call
+    ends in any other way than the command exiting (a task timeout, Ctrl-C, the flow process being
+    terminated by a cancellation: see `terminate_children_on_sigterm`), the whole group is killed first,
+    so no stage keeps running on its own; DVC's lock goes with its process.
+    """
     proc = subprocess.Popen(list(args), cwd=cwd, env=command_env(env), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, bufsize=1, errors="replace")
+                            stderr=subprocess.PIPE, text=True, bufsize=1, errors="replace",
+                            start_new_session=True)
+    _CHILDREN.add(proc)
     result = Streamed(returncode=-1)
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
 
@@ -81,13 +91,65 @@ def run_streaming(args: Sequence[str], cwd: Path, on_line: Callable[[str, str], 
         threading.Thread(target=pump, args=(proc.stdout, "stdout", result.stdout.append), daemon=True),
         threading.Thread(target=pump, args=(proc.stderr, "stderr", tail.append), daemon=True),
     ]
-    for reader in readers:
-        reader.start()
-    for reader in readers:
-        reader.join()
-    result.returncode = proc.wait()
+    try:
+        for reader in readers:
+            reader.start()
+        while proc.poll() is None:  # short waits: an exception sent to this thread (a timeout) gets through
+            try:
+                proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+        for reader in readers:
+            reader.join()
+    finally:
+        if proc.returncode is None:  # still running: this call was interrupted
+            kill_group(proc)
+        _CHILDREN.discard(proc)
+    result.returncode = proc.returncode
     result.stderr_tail = list(tail)
     return result
+
+
+_CHILDREN: set[subprocess.Popen] = set()  # commands running now, each the leader of its process group
+
+
+def kill_children() -> None:
+    """Kill every command still running (at exit: e.g. Ctrl-C reached the main thread while a task ran in another)."""
+    for proc in list(_CHILDREN):
+        kill_group(proc)
+
+
+atexit.register(kill_children)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group `proc` leads (a no-op once it has exited and its group is empty)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def terminate_children_on_sigterm() -> None:
+    """In the flow's process: on SIGTERM (how Prefect cancels a flow run a worker started, and how a
+    process is usually stopped) kill every running command's process group, then exit as SIGTERM would."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if getattr(previous, "_ganaug", False):
+        return
+
+    def handler(signum, frame) -> None:
+        kill_children()
+        if callable(previous):  # e.g. Prefect's own, which records the run as cancelled or crashed
+            previous(signum, frame)
+        else:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    handler._ganaug = True  # type: ignore[attr-defined]
+    signal.signal(signal.SIGTERM, handler)
 
 
 def describe(args: Sequence[str]) -> str:

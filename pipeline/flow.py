@@ -5,10 +5,15 @@ whether the stage is stale, runs it or skips it (up to date, or restored from
 its run cache), and the task reports which. Stage output is streamed into the
 Prefect log line by line; a failing stage is retried with exponential back-off
 and, when the retries are spent, fails the flow with the tail of its stderr.
+A stage that exits with the user-error code (2: bad params, bad data; one line
+on stderr) is not retried: trying again cannot help. `stage_timeout_seconds`
+bounds each try. A stage that times out, or whose flow run is cancelled or
+killed, is stopped with its whole process group (`pipeline/dvc_cli.py`).
 """
 from __future__ import annotations
 
 import os
+import re
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -20,7 +25,7 @@ from prefect.futures import wait
 from prefect.tasks import Task, exponential_backoff
 
 from pipeline.dag import StageDag, read_dag
-from pipeline.dvc_cli import describe, dvc_args, run_streaming
+from pipeline.dvc_cli import describe, dvc_args, run_streaming, terminate_children_on_sigterm
 from pipeline.models import RunSummary, StageResult
 from pipeline.overrides import format_overrides
 from pipeline.report import publish
@@ -33,8 +38,27 @@ from pipeline.workspace import (
 STDERR_TAIL_IN_ERROR = 20
 
 
+USER_ERROR_EXIT = 2  # ganaug/config/errors.py: a stage's exit code for the user's mistakes
+_STAGE_EXIT = re.compile(r"failed to run: .*, exited with (-?\d+)")  # DVC's report of the stage command's exit
+
+
 class StageFailed(RuntimeError):
     """`dvc repro` of a stage exited non-zero; the message ends with the stage's stderr tail."""
+
+
+class StageUserError(StageFailed):
+    """The stage itself exited with USER_ERROR_EXIT: a mistake in params or data, not worth a retry."""
+
+
+def stage_exit_code(stderr: list[str]) -> Optional[int]:
+    """The stage command's own exit code, as DVC reports it on stderr (None when DVC failed before running it)."""
+    codes = [int(m.group(1)) for line in stderr for m in [_STAGE_EXIT.search(line)] if m]
+    return codes[-1] if codes else None
+
+
+def retry_unless_user_error(task_: Task, task_run, state) -> bool:
+    """Prefect's retry_condition_fn: retry anything but a StageUserError."""
+    return not isinstance(state.data, StageUserError)
 
 
 def classify(stdout: list[str]) -> tuple[str, str]:
@@ -67,6 +91,11 @@ def run_stage(stage: str, workdir: str, threads: Optional[int] = None) -> StageR
     finished = time.time()
     if out.returncode != 0:
         tail = "\n".join(out.stderr_tail[-STDERR_TAIL_IN_ERROR:]) or "(no stderr)"
+        if stage_exit_code(out.stderr_tail) == USER_ERROR_EXIT:
+            errors = [line for line in out.stderr_tail if line.startswith("error: ")]
+            logger.error("stage %s: %s (a user error: not retried)", stage, errors[-1] if errors else tail)
+            raise StageUserError(f"stage '{stage}' refused its input, not retried: "
+                                 f"{errors[-1] if errors else tail}")
         logger.error("stage %s failed (dvc exit %d); last stderr lines:\n%s", stage, out.returncode, tail)
         raise StageFailed(f"stage '{stage}' failed (dvc exit {out.returncode}); last stderr lines:\n{tail}")
     status, detail = classify(out.stdout)
@@ -77,9 +106,12 @@ def run_stage(stage: str, workdir: str, threads: Optional[int] = None) -> StageR
 
 
 def stage_task(params: AugmentParams) -> Task:
-    """`run_stage` with this run's retry policy: `retries` tries, delays doubling from `retry_delay_seconds`."""
+    """`run_stage` with this run's retry policy: `retries` tries, delays doubling from `retry_delay_seconds`,
+    none after a user error; each try bounded by `stage_timeout_seconds`."""
     delays = exponential_backoff(params.retry_delay_seconds)(params.retries) if params.retries else 0
-    return run_stage.with_options(retries=params.retries, retry_delay_seconds=delays)
+    return run_stage.with_options(retries=params.retries, retry_delay_seconds=delays,
+                                  retry_condition_fn=retry_unless_user_error,
+                                  timeout_seconds=params.stage_timeout_seconds)
 
 
 def run_stages(task_: Task, dag: StageDag, workdir: Path, parallel: bool) -> list[StageResult]:
@@ -113,10 +145,26 @@ def open_workspace(project: Path, params: AugmentParams,
     return project_workspace(project, log)
 
 
-@flow(name="augment", description="ganaug: the DVC stages of dvc.yaml in DAG order, one task per stage.")
-def augment(params: AugmentParams = AugmentParams()) -> RunSummary:
-    """Run (or skip, as DVC decides) every stage of the project's dvc.yaml; publish the report artifacts."""
+def run_name(repo: str, overrides: dict[str, Any], experiment_name: Optional[str]) -> str:
+    """A flow-run name that says what ran: the project, the overrides (or none), the experiment name."""
+    name = f"{Path(repo).resolve().name}: {format_overrides(overrides) if overrides else 'params.yaml as committed'}"
+    name += f" -> {experiment_name}" if experiment_name else ""
+    return name if len(name) <= 120 else name[:119] + "…"
+
+
+def _augment_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    p = flow_run.parameters.get("params") or {}
+    p = p.model_dump() if isinstance(p, AugmentParams) else dict(p)
+    return run_name(p.get("repo", "."), p.get("overrides") or {}, p.get("experiment_name"))
+
+
+def run_pipeline(params: AugmentParams) -> RunSummary:
+    """The body of the flows: run (or skip, as DVC decides) every stage of the project's dvc.yaml in its
+    workspace, save the experiment if it is one, publish the report artifacts."""
     logger = get_run_logger()
+    terminate_children_on_sigterm()  # a cancelled or killed run takes its DVC and stage processes with it
     project = find_project(params.repo)
     if params.experiment_name and experiment_exists(project, params.experiment_name):
         raise WorkspaceError(f"experiment_name {params.experiment_name!r}: {project} already has one so named")
@@ -138,6 +186,13 @@ def augment(params: AugmentParams = AugmentParams()) -> RunSummary:
         logger.info("saved as DVC experiment %r: `dvc exp show` lists it, `dvc exp apply %s` restores it",
                     experiment, experiment)
     return summary
+
+
+@flow(name="augment", flow_run_name=_augment_run_name,
+      description="ganaug: the DVC stages of dvc.yaml in DAG order, one task per stage.")
+def augment(params: AugmentParams = AugmentParams()) -> RunSummary:
+    """Run (or skip, as DVC decides) every stage of the project's dvc.yaml; publish the report artifacts."""
+    return run_pipeline(params)
 
 
 def dask_task_runner(address: Optional[str] = None, threads: int = 4):

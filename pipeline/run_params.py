@@ -35,6 +35,8 @@ class AugmentParams(BaseModel):
         10.0, ge=0, description="Delay before the first retry; it doubles for every further retry.")
     parallel: bool = Field(
         False, description="Submit independent stages (e.g. the finetune variants) to the task runner at once.")
+    stage_timeout_seconds: Optional[float] = Field(
+        None, gt=0, description="Stop a stage try (and its processes) after this many seconds; default: no limit.")
 
     @field_validator("overrides")
     @classmethod

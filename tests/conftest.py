@@ -20,6 +20,9 @@ from bench.common import ROOT, PROJECT_FILES, deep_update, make_project, tool_en
 # subprocess (GANAUG_THREADS, read by ganaug/train/runtime.py configure_threads; inherited through tool_env()),
 # so that the workers don't oversubscribe the cores.
 os.environ.setdefault("GANAUG_THREADS", "1")
+# Prefect servers started by the tests (prefect_test_harness) send no usage analytics: offline that only
+# logs a false ERROR, and its writes compete for the test server's SQLite database.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 torch.set_num_threads(int(os.environ["GANAUG_THREADS"]))
 
 # Small enough for a full `dvc repro` in well under a minute on 2 cores.

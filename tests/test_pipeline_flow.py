@@ -54,6 +54,11 @@ def write(path, text):
     Path(path).write_text(text)
 
 def main(stage, *args):
+    if os.environ.get("TOY_USER_ERROR") == stage:  # as ganaug's stages report a user's mistake: one line, exit 2
+        print(f"error: data.target: {stage} cannot read it (on purpose)", file=sys.stderr)
+        sys.exit(2)
+    if os.environ.get("TOY_PIDFILE") and stage == "finetune":
+        Path(os.environ["TOY_PIDFILE"] + "." + args[0]).write_text(str(os.getpid()))
     if os.environ.get("TOY_FAIL") == stage:
         print(f"toy: {stage} is broken on purpose", file=sys.stderr)
         sys.exit(3)

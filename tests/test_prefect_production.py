@@ -1,0 +1,147 @@
+"""Production Prefect (issue #15): deployment from prefect.yaml to a process work pool, retries that know a
+user error, timeouts and cancellation that stop the stage processes, the temporary server's start-up."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL
+from prefect.testing.utilities import prefect_test_harness
+
+from pipeline.deployed import ganaug_pipeline
+from pipeline.flow import stage_exit_code
+from test_pipeline_flow import ONE_STAGE, artifacts_of, dvc, eventually, make_toy_repo, run_flow, task_runs_of
+from pipeline.report import REPORT_KEY
+
+pytestmark = pytest.mark.xdist_group("prefect")
+ROOT = Path(__file__).resolve().parents[1]
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+@pytest.fixture(scope="module")
+def api_url():
+    with prefect_test_harness():
+        yield PREFECT_API_URL.value()
+
+
+def env_for(api_url: str, **extra: str) -> dict[str, str]:
+    return {**os.environ, "PREFECT_API_URL": api_url, "PYTHONPATH": str(ROOT), **extra}
+
+
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+# --- retries that know a user error ----------------------------------------------------------------
+
+def test_a_user_error_fails_at_once_with_its_message(tmp_path, api_url, monkeypatch):
+    repo = make_toy_repo(tmp_path / "toy", ONE_STAGE)
+    monkeypatch.setenv("TOY_USER_ERROR", "prepare")
+    state, run_id = run_flow(repo=str(repo), retries=3, retry_delay_seconds=0)
+    assert state.is_failed()
+    assert "refused its input, not retried: error: data.target: prepare cannot read it (on purpose)" in state.message
+    assert eventually(lambda: getattr(task_runs_of(run_id).get("prepare"), "run_count", 0) == 1)
+    assert getattr(task_runs_of(run_id)["prepare"], "run_count") == 1  # no second attempt
+
+
+def test_the_stage_exit_code_is_read_from_dvcs_report():
+    line = "ERROR: failed to reproduce 'prepare': failed to run: python -m stages.prepare, exited with 2"
+    assert stage_exit_code(["x", line]) == 2
+    assert stage_exit_code([line.replace("with 2", "with 1")]) == 1
+    assert stage_exit_code(["ERROR: failed to reproduce 'prepare': output 'x' does not exist"]) is None
+
+
+# --- timeouts and cancellation stop the processes -----------------------------------------------------
+
+def test_a_stage_timeout_stops_the_stage_process(tmp_path, api_url, monkeypatch):
+    repo = make_toy_repo(tmp_path / "toy")
+    pidfile = tmp_path / "pid"
+    monkeypatch.setenv("TOY_SLEEP", "600")
+    monkeypatch.setenv("TOY_PIDFILE", str(pidfile))
+    state, _ = run_flow(repo=str(repo), retries=0, stage_timeout_seconds=3)
+    assert state.is_failed()
+    pid = int(Path(f"{pidfile}.baseline").read_text())
+    assert eventually(lambda: not alive(pid), timeout=30), f"stage process {pid} outlived its timeout"
+
+
+def test_killing_a_run_mid_stage_leaves_no_process_and_the_next_run_succeeds(tmp_path, api_url):
+    repo = make_toy_repo(tmp_path / "toy")
+    pidfile = tmp_path / "pid"
+    run = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--retries", "0", "--repo", str(repo)],
+                           cwd=tmp_path, env=env_for(api_url, TOY_SLEEP="600", TOY_PIDFILE=str(pidfile)),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stage_pid = Path(f"{pidfile}.baseline")
+    assert eventually(stage_pid.exists, timeout=120), "the finetune stage never started"
+    pid = int(stage_pid.read_text())
+    run.send_signal(signal.SIGTERM)  # what a Prefect worker does to a flow run it cancels
+    run.wait(60)
+    assert eventually(lambda: not alive(pid), timeout=30), f"stage process {pid} outlived its flow run"
+    again = subprocess.run([sys.executable, "-m", "pipeline", "run", "--retries", "0", "--repo", str(repo)],
+                           cwd=tmp_path, env=env_for(api_url), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "up to date" in dvc(repo, "status")
+
+
+# --- the temporary server ---------------------------------------------------------------------------
+
+def test_a_temporary_server_that_does_not_start_is_one_line_and_no_traceback(tmp_path):
+    repo = make_toy_repo(tmp_path / "toy", ONE_STAGE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PYTHONPATH=str(ROOT), GANAUG_PREFECT_STARTUP_TIMEOUT="0", PREFECT_HOME=str(tmp_path / "home"))
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--repo", str(repo)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [line for line in errors if "did not start within 0 s" in line] and len(errors) == 1
+    assert not (repo / "dvc.lock").exists()
+
+
+# --- deployment from prefect.yaml -------------------------------------------------------------------
+
+def test_prefect_yaml_deploys_to_a_process_pool_and_a_worker_runs_the_manual_deployment(tmp_path, api_url):
+    repo = make_toy_repo(tmp_path / "toy")
+    shutil.copy(ROOT / "prefect.yaml", repo / "prefect.yaml")
+    shutil.copytree(ROOT / "pipeline", repo / "pipeline")  # the entrypoint file, as in a real checkout
+    env = env_for(api_url)
+    for cmd in (["work-pool", "create", "ganaug", "--type", "process"], ["--no-prompt", "deploy", "--all"]):
+        out = subprocess.run(PREFECT + cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr
+    with get_client(sync_client=True) as client:
+        nightly = client.read_deployment_by_name("ganaug-pipeline/nightly")
+        manual = client.read_deployment_by_name("ganaug-pipeline/manual")
+        assert [(s.schedule.cron, s.schedule.timezone) for s in nightly.schedules] == [("0 2 * * *", "UTC")]
+        assert manual.schedules == [] and manual.work_pool_name == "ganaug"
+        assert manual.global_concurrency_limit.limit == 1
+        first = client.create_flow_run_from_deployment(manual.id, parameters={"shots": 5})
+        second = client.create_flow_run_from_deployment(manual.id, parameters={"shots": 6})
+    worker = subprocess.run(PREFECT + ["worker", "start", "--pool", "ganaug", "--run-once"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+    with get_client(sync_client=True) as client:
+        done = client.read_flow_run(first.id)
+        waiting = client.read_flow_run(second.id)
+    assert done.state.is_completed(), done.state.message
+    assert done.name.startswith("toy: data.shots=5")
+    assert REPORT_KEY in artifacts_of(first.id)
+    # one run at a time: the second waited for the first's slot (ENQUEUE), visible as such, or ran after it
+    # one run at a time (deployment concurrency limit 1, ENQUEUE): the second waited, visible as waiting ...
+    assert waiting.state.name == "AwaitingConcurrencySlot", waiting.state
+    worker = subprocess.run(PREFECT + ["worker", "start", "--pool", "ganaug", "--run-once"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    with get_client(sync_client=True) as client:
+        second = client.read_flow_run(second.id)
+    assert second.state.is_completed(), (second.state, worker.stdout[-2000:])  # ... and ran when the slot was free
+    assert second.name.startswith("toy: data.shots=6")
