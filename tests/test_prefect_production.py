@@ -111,14 +111,25 @@ def test_a_temporary_server_that_does_not_start_is_one_line_and_no_traceback(tmp
 
 # --- deployment from prefect.yaml -------------------------------------------------------------------
 
-def test_prefect_yaml_deploys_to_a_process_pool_and_a_worker_runs_the_manual_deployment(tmp_path, api_url):
+def deploy_toy(tmp_path: Path, api_url: str) -> tuple[Path, dict[str, str]]:
+    """A toy project with ganaug's prefect.yaml and pipeline/, its pool created and `prefect deploy --all` run."""
     repo = make_toy_repo(tmp_path / "toy")
     shutil.copy(ROOT / "prefect.yaml", repo / "prefect.yaml")
     shutil.copytree(ROOT / "pipeline", repo / "pipeline")  # the entrypoint file, as in a real checkout
     env = env_for(api_url)
-    for cmd in (["work-pool", "create", "ganaug", "--type", "process"], ["--no-prompt", "deploy", "--all"]):
+    for cmd in (["work-pool", "create", "ganaug", "--type", "process", "--overwrite"], ["--no-prompt", "deploy", "--all"]):
         out = subprocess.run(PREFECT + cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stdout + out.stderr
+    return repo, env
+
+
+def worker_once(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(PREFECT + ["worker", "start", "--pool", "ganaug", "--run-once"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_prefect_yaml_deploys_to_a_process_pool_and_a_worker_runs_the_manual_deployment(tmp_path, api_url):
+    repo, env = deploy_toy(tmp_path, api_url)
     with get_client(sync_client=True) as client:
         nightly = client.read_deployment_by_name("ganaug-pipeline/nightly")
         manual = client.read_deployment_by_name("ganaug-pipeline/manual")
@@ -127,8 +138,7 @@ def test_prefect_yaml_deploys_to_a_process_pool_and_a_worker_runs_the_manual_dep
         assert manual.global_concurrency_limit.limit == 1
         first = client.create_flow_run_from_deployment(manual.id, parameters={"shots": 5})
         second = client.create_flow_run_from_deployment(manual.id, parameters={"shots": 6})
-    worker = subprocess.run(PREFECT + ["worker", "start", "--pool", "ganaug", "--run-once"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+    worker = worker_once(tmp_path, env)
     assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
     with get_client(sync_client=True) as client:
         done = client.read_flow_run(first.id)
@@ -136,12 +146,41 @@ def test_prefect_yaml_deploys_to_a_process_pool_and_a_worker_runs_the_manual_dep
     assert done.state.is_completed(), done.state.message
     assert done.name.startswith("toy: data.shots=5")
     assert REPORT_KEY in artifacts_of(first.id)
-    # one run at a time: the second waited for the first's slot (ENQUEUE), visible as such, or ran after it
     # one run at a time (deployment concurrency limit 1, ENQUEUE): the second waited, visible as waiting ...
     assert waiting.state.name == "AwaitingConcurrencySlot", waiting.state
-    worker = subprocess.run(PREFECT + ["worker", "start", "--pool", "ganaug", "--run-once"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+    worker = worker_once(tmp_path, env)
     with get_client(sync_client=True) as client:
         second = client.read_flow_run(second.id)
     assert second.state.is_completed(), (second.state, worker.stdout[-2000:])  # ... and ran when the slot was free
     assert second.name.startswith("toy: data.shots=6")
+
+
+def test_cancelling_a_flow_run_mid_stage_stops_its_processes_and_the_next_run_succeeds(tmp_path, api_url):
+    repo, env = deploy_toy(tmp_path, api_url)
+    pidfile = tmp_path / "pid"
+    worker = subprocess.Popen(PREFECT + ["worker", "start", "--pool", "ganaug"], cwd=tmp_path,
+                              env={**env, "TOY_SLEEP": "600", "TOY_PIDFILE": str(pidfile)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with get_client(sync_client=True) as client:
+            manual = client.read_deployment_by_name("ganaug-pipeline/manual")
+            run = client.create_flow_run_from_deployment(manual.id, parameters={"retries": 0})
+        stage_pid = Path(f"{pidfile}.baseline")
+        assert eventually(stage_pid.exists, timeout=180), "the finetune stage never started"
+        pid = int(stage_pid.read_text())
+        cancel = subprocess.run(PREFECT + ["flow-run", "cancel", str(run.id)], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+
+        def cancelled():
+            with get_client(sync_client=True) as client:
+                return client.read_flow_run(run.id).state.is_cancelled()
+        assert eventually(cancelled, timeout=120)
+        assert eventually(lambda: not alive(pid), timeout=60), f"stage process {pid} outlived its cancelled run"
+    finally:
+        worker.terminate()
+        worker.wait(60)
+    again = subprocess.run([sys.executable, "-m", "pipeline", "run", "--retries", "0", "--repo", str(repo)],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "up to date" in dvc(repo, "status")

@@ -28,8 +28,9 @@ def evaluation_summary(ev: Optional[dict]) -> Optional[dict[str, Any]]:
     """The evaluate stage's metrics/eval.json as the datasheet states it: scores, intervals, verdicts in words."""
     if ev is None:
         return None
-    variants = {n: {"accuracy": v["accuracy"], "macro_f1": v["macro_f1"]}
-                for n, v in ev.items() if isinstance(v, dict) and "macro_f1" in v}
+    names = sorted((n for n, v in ev.items() if isinstance(v, dict) and "macro_f1" in v),
+                   key=lambda n: (n != BASELINE, n != CLASSICAL, n))  # the references first
+    variants = {n: {"accuracy": ev[n]["accuracy"], "macro_f1": ev[n]["macro_f1"]} for n in names}
     vs_base, vs_cls = ev.get("vs_baseline", {}), ev.get("vs_classical", {})
     return {"n_test": ev.get("n_test"), "variants": variants, "vs_baseline": vs_base, "vs_classical": vs_cls,
             "verdicts": verdicts(vs_base, BASELINE) + verdicts(vs_cls, CLASSICAL),
