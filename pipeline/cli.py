@@ -75,6 +75,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="seconds before the first retry, doubling after (default 10)")
     p.add_argument("--stage-timeout", type=float, default=None, metavar="SECONDS",
                    help="stop a stage try, with its processes, after this long (default: no limit)")
+    p.add_argument("--run-timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop the whole run, with its processes, after this long (default: no limit)")
     p.add_argument("--startup-timeout", type=int, default=None, metavar="SECONDS",
                    help=f"without PREFECT_API_URL: how long to wait for the temporary Prefect server "
                         f"(default {STARTUP_TIMEOUT}, or GANAUG_PREFECT_STARTUP_TIMEOUT)")
@@ -97,6 +99,7 @@ def flow_params(args: argparse.Namespace) -> AugmentParams:
         return AugmentParams(repo=str(project), overrides=collect_overrides(args),
                              experiment_name=getattr(args, "exp_name", None), retries=args.retries,
                              retry_delay_seconds=args.retry_delay, stage_timeout_seconds=args.stage_timeout,
+                             run_timeout_seconds=args.run_timeout,
                              parallel=bool(getattr(args, "parallel", False) or getattr(args, "dask", None)))
     except ValidationError as exc:
         raise OverrideError(one_line(exc)) from None

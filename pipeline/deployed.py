@@ -24,7 +24,8 @@ from pipeline.run_params import AugmentParams
 
 def flat_params(repo: str = ".", shots: Optional[int] = None, set: Optional[list[str]] = None,
                 exp_name: Optional[str] = None, retries: int = 2, retry_delay_seconds: float = 10.0,
-                parallel: bool = False, stage_timeout_seconds: Optional[float] = None) -> AugmentParams:
+                parallel: bool = False, stage_timeout_seconds: Optional[float] = None,
+                run_timeout_seconds: Optional[float] = None) -> AugmentParams:
     """The flat parameters as `AugmentParams`; ValueError with one readable line when one is wrong."""
     try:
         overrides = dict(parse_assignment(a) for a in (set or []))
@@ -32,7 +33,7 @@ def flat_params(repo: str = ".", shots: Optional[int] = None, set: Optional[list
             overrides["data.shots"] = shots
         return AugmentParams(repo=repo, overrides=overrides, experiment_name=exp_name, retries=retries,
                              retry_delay_seconds=retry_delay_seconds, parallel=parallel,
-                             stage_timeout_seconds=stage_timeout_seconds)
+                             stage_timeout_seconds=stage_timeout_seconds, run_timeout_seconds=run_timeout_seconds)
     except (OverrideError, ValidationError) as exc:
         raise ValueError(str(exc).splitlines()[0] if isinstance(exc, OverrideError) else
                          "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())) from None
@@ -51,12 +52,14 @@ def _run_name() -> str:
       description="ganaug: the DVC stages of dvc.yaml in DAG order, one task per stage (flat parameters).")
 def ganaug_pipeline(repo: str = ".", shots: Optional[int] = None, set: Optional[list[str]] = None,
                     exp_name: Optional[str] = None, retries: int = 2, retry_delay_seconds: float = 10.0,
-                    parallel: bool = False, stage_timeout_seconds: Optional[float] = None) -> RunSummary:
+                    parallel: bool = False, stage_timeout_seconds: Optional[float] = None,
+                    run_timeout_seconds: Optional[float] = None) -> RunSummary:
     """Run the pipeline of the project at `repo` (the deployment's working directory by default).
 
     shots: data.shots for this run. set: params.yaml overrides, "KEY=VALUE" each. A run with either is a
     DVC experiment (named `exp_name`, or by DVC), and params.yaml is left alone. retries, retry_delay_seconds:
-    per failing stage (a user error is never retried). stage_timeout_seconds: per stage try.
+    per failing stage (a user error is never retried). stage_timeout_seconds: per stage try;
+    run_timeout_seconds: the whole run.
     """
     return run_pipeline(flat_params(repo, shots, set, exp_name, retries, retry_delay_seconds, parallel,
-                                    stage_timeout_seconds))
+                                    stage_timeout_seconds, run_timeout_seconds))

@@ -74,6 +74,8 @@ def run_streaming(args: Sequence[str], cwd: Path, on_line: Callable[[str, str], 
     terminated by a cancellation: see `terminate_children_on_sigterm`), the whole group is killed first,
     so no stage keeps running on its own; DVC's lock goes with its process.
     """
+    if STOPPED.is_set():
+        raise CommandError(f"`{describe(args)}` not started: {STOPPED.reason}")
     proc = subprocess.Popen(list(args), cwd=cwd, env=command_env(env), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, bufsize=1, errors="replace",
                             start_new_session=True)
@@ -111,6 +113,20 @@ def run_streaming(args: Sequence[str], cwd: Path, on_line: Callable[[str, str], 
 
 
 _CHILDREN: set[subprocess.Popen] = set()  # commands running now, each the leader of its process group
+
+
+class _Stop(threading.Event):
+    reason = ""
+
+
+STOPPED = _Stop()  # set by `stop_all`: no further command starts in this process
+
+
+def stop_all(reason: str) -> None:
+    """Kill every running command and start no new one (a run's deadline has passed)."""
+    STOPPED.reason = reason
+    STOPPED.set()
+    kill_children()
 
 
 def kill_children() -> None:

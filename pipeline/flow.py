@@ -7,17 +7,18 @@ Prefect log line by line; a failing stage is retried with exponential back-off
 and, when the retries are spent, fails the flow with the tail of its stderr.
 A stage that exits with the user-error code (2: bad params, bad data; one line
 on stderr) is not retried: trying again cannot help. `stage_timeout_seconds`
-bounds each try. A stage that times out, or whose flow run is cancelled or
+bounds each try, `run_timeout_seconds` the whole run. A stage that times out, or whose flow run is cancelled or
 killed, is stopped with its whole process group (`pipeline/dvc_cli.py`).
 """
 from __future__ import annotations
 
 import os
 import re
+import threading
 import time
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -25,7 +26,7 @@ from prefect.futures import wait
 from prefect.tasks import Task, exponential_backoff
 
 from pipeline.dag import StageDag, read_dag
-from pipeline.dvc_cli import describe, dvc_args, run_streaming, terminate_children_on_sigterm
+from pipeline.dvc_cli import STOPPED, describe, dvc_args, run_streaming, stop_all, terminate_children_on_sigterm
 from pipeline.models import RunSummary, StageResult
 from pipeline.overrides import format_overrides
 from pipeline.report import publish
@@ -57,8 +58,8 @@ def stage_exit_code(stderr: list[str]) -> Optional[int]:
 
 
 def retry_unless_user_error(task_: Task, task_run, state) -> bool:
-    """Prefect's retry_condition_fn: retry anything but a StageUserError."""
-    return not isinstance(state.data, StageUserError)
+    """Prefect's retry_condition_fn: retry anything but a StageUserError, and nothing once the run is stopped."""
+    return not isinstance(state.data, StageUserError) and not STOPPED.is_set()
 
 
 def classify(stdout: list[str]) -> tuple[str, str]:
@@ -89,6 +90,8 @@ def run_stage(stage: str, workdir: str, threads: Optional[int] = None) -> StageR
     started = time.time()
     out = run_streaming(args, Path(workdir), log_line, {"GANAUG_THREADS": str(threads)} if threads else None)
     finished = time.time()
+    if out.returncode != 0 and STOPPED.is_set():
+        raise StageFailed(f"stage '{stage}' stopped: {STOPPED.reason}")
     if out.returncode != 0:
         tail = "\n".join(out.stderr_tail[-STDERR_TAIL_IN_ERROR:]) or "(no stderr)"
         if stage_exit_code(out.stderr_tail) == USER_ERROR_EXIT:
@@ -145,6 +148,23 @@ def open_workspace(project: Path, params: AugmentParams,
     return project_workspace(project, log)
 
 
+@contextmanager
+def run_deadline(seconds: Optional[float]) -> Iterator[None]:
+    """After `seconds`, stop the run: kill the running stages' processes and start no further stage."""
+    if seconds is None:
+        yield
+        return
+    STOPPED.clear()
+    timer = threading.Timer(seconds, stop_all, args=(f"the run passed its run_timeout_seconds={seconds:g}",))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        STOPPED.clear()
+
+
 def run_name(repo: str, overrides: dict[str, Any], experiment_name: Optional[str]) -> str:
     """A flow-run name that says what ran: the project, the overrides (or none), the experiment name."""
     name = f"{Path(repo).resolve().name}: {format_overrides(overrides) if overrides else 'params.yaml as committed'}"
@@ -169,7 +189,7 @@ def run_pipeline(params: AugmentParams) -> RunSummary:
     if params.experiment_name and experiment_exists(project, params.experiment_name):
         raise WorkspaceError(f"experiment_name {params.experiment_name!r}: {project} already has one so named")
     logger.info("overrides: %s", format_overrides(params.overrides))
-    with open_workspace(project, params, logger.info) as ws:
+    with open_workspace(project, params, logger.info) as ws, run_deadline(params.run_timeout_seconds):
         started = time.monotonic()  # after waiting for another run's lock, if there was one
         dag = read_dag(ws.root)
         logger.info("stages in DAG order: %s", " | ".join(", ".join(level) for level in dag.levels()))

@@ -37,6 +37,8 @@ class AugmentParams(BaseModel):
         False, description="Submit independent stages (e.g. the finetune variants) to the task runner at once.")
     stage_timeout_seconds: Optional[float] = Field(
         None, gt=0, description="Stop a stage try (and its processes) after this many seconds; default: no limit.")
+    run_timeout_seconds: Optional[float] = Field(
+        None, gt=0, description="Stop the whole run (its stages' processes) after this many seconds; default: no limit.")
 
     @field_validator("overrides")
     @classmethod

@@ -76,6 +76,19 @@ def test_a_stage_timeout_stops_the_stage_process(tmp_path, api_url, monkeypatch)
     assert eventually(lambda: not alive(pid), timeout=30), f"stage process {pid} outlived its timeout"
 
 
+def test_a_run_timeout_stops_the_running_stage_and_starts_no_other(tmp_path, api_url, monkeypatch):
+    repo = make_toy_repo(tmp_path / "toy")
+    pidfile = tmp_path / "pid"
+    monkeypatch.setenv("TOY_SLEEP", "600")
+    monkeypatch.setenv("TOY_PIDFILE", str(pidfile))
+    state, run_id = run_flow(repo=str(repo), retries=2, retry_delay_seconds=0, run_timeout_seconds=8)
+    assert state.is_failed() and "the run passed its run_timeout_seconds=8" in state.message, state.message
+    pid = int(Path(f"{pidfile}.baseline").read_text())
+    assert eventually(lambda: not alive(pid), timeout=30), f"stage process {pid} outlived the run's deadline"
+    assert not Path(f"{pidfile}.augmented").exists()  # no stage started after the deadline
+    assert getattr(task_runs_of(run_id)["finetune@baseline"], "run_count") == 1  # and none was retried
+
+
 def test_killing_a_run_mid_stage_leaves_no_process_and_the_next_run_succeeds(tmp_path, api_url):
     repo = make_toy_repo(tmp_path / "toy")
     pidfile = tmp_path / "pid"
