@@ -122,6 +122,11 @@ class _Stop(threading.Event):
 STOPPED = _Stop()  # set by `stop_all`: no further command starts in this process
 
 
+def stop_reason() -> Optional[str]:
+    """Why commands were stopped (`stop_all`), or None. (A function: tasks shipped to Dask must not hold the Event.)"""
+    return STOPPED.reason if STOPPED.is_set() else None
+
+
 def stop_all(reason: str) -> None:
     """Kill every running command and start no new one (a run's deadline has passed)."""
     STOPPED.reason = reason

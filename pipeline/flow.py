@@ -26,7 +26,8 @@ from prefect.futures import wait
 from prefect.tasks import Task, exponential_backoff
 
 from pipeline.dag import StageDag, read_dag
-from pipeline.dvc_cli import STOPPED, describe, dvc_args, run_streaming, stop_all, terminate_children_on_sigterm
+from pipeline.dvc_cli import (STOPPED, describe, dvc_args, run_streaming, stop_all, stop_reason,
+                              terminate_children_on_sigterm)
 from pipeline.models import RunSummary, StageResult
 from pipeline.overrides import format_overrides
 from pipeline.report import publish
@@ -59,7 +60,7 @@ def stage_exit_code(stderr: list[str]) -> Optional[int]:
 
 def retry_unless_user_error(task_: Task, task_run, state) -> bool:
     """Prefect's retry_condition_fn: retry anything but a StageUserError, and nothing once the run is stopped."""
-    return not isinstance(state.data, StageUserError) and not STOPPED.is_set()
+    return not isinstance(state.data, StageUserError) and stop_reason() is None
 
 
 def classify(stdout: list[str]) -> tuple[str, str]:
@@ -90,8 +91,8 @@ def run_stage(stage: str, workdir: str, threads: Optional[int] = None) -> StageR
     started = time.time()
     out = run_streaming(args, Path(workdir), log_line, {"GANAUG_THREADS": str(threads)} if threads else None)
     finished = time.time()
-    if out.returncode != 0 and STOPPED.is_set():
-        raise StageFailed(f"stage '{stage}' stopped: {STOPPED.reason}")
+    if out.returncode != 0 and stop_reason() is not None:
+        raise StageFailed(f"stage '{stage}' stopped: {stop_reason()}")
     if out.returncode != 0:
         tail = "\n".join(out.stderr_tail[-STDERR_TAIL_IN_ERROR:]) or "(no stderr)"
         if stage_exit_code(out.stderr_tail) == USER_ERROR_EXIT:

@@ -57,8 +57,10 @@ def main(stage, *args):
     if os.environ.get("TOY_USER_ERROR") == stage:  # as ganaug's stages report a user's mistake: one line, exit 2
         print(f"error: data.target: {stage} cannot read it (on purpose)", file=sys.stderr)
         sys.exit(2)
-    if os.environ.get("TOY_PIDFILE") and stage == "finetune":
-        Path(os.environ["TOY_PIDFILE"] + "." + args[0]).write_text(str(os.getpid()))
+    if os.environ.get("TOY_PIDFILE"):  # <TOY_PIDFILE>.<variant or stage>: this stage's process id
+        Path(os.environ["TOY_PIDFILE"] + "." + (args[0] if args else stage)).write_text(str(os.getpid()))
+    if os.environ.get("TOY_SLEEP_STAGE") == stage:
+        time.sleep(float(os.environ.get("TOY_SLEEP", "0")))
     if os.environ.get("TOY_FAIL") == stage:
         print(f"toy: {stage} is broken on purpose", file=sys.stderr)
         sys.exit(3)
