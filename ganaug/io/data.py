@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ganaug.config.errors import DataError
-from ganaug.io.imagefolder import (MANIFEST, check_class_names, list_image_folder, read_image, read_manifest,
-                                  safe_join)
+from ganaug.io.imagefolder import (MANIFEST, check_class_names, list_image_folder, manifest_classes, read_image,
+                                  read_manifest, safe_join)
 
 EMBEDDED = ("digits",)
 
@@ -275,14 +275,10 @@ def load_manifest_set(root: Path, opts: LoadOptions) -> ImageSet:
     bad_path = df["path"].map(lambda v: not isinstance(v, str) or not v)
     if bad_path.any():
         raise DataError(f"{where}: row {int(bad_path.to_numpy().argmax())}: 'path' must be a non-empty relative path")
-    names = df.drop_duplicates("label").sort_values("label")["class_name"].tolist()
-    labels_ok = df["label"].min() >= 0 and sorted(df["label"].unique()) == list(range(len(names)))
-    if not labels_ok or df.groupby("label")["class_name"].nunique().max() != 1:
-        raise DataError(f"{where}: labels must be 0..K-1 with one class_name each")
-    check_class_names([str(n) for n in names], f"{where}: class_name")
+    names = manifest_classes(df, where)
     paths = [safe_join(root, rel) for rel in df["path"]]  # every path checked before any image is read
     x = [read_image(p, opts.image_size, opts.channels, opts.max_image_pixels) for p in paths]
-    return ImageSet(np.stack(x), df["label"].to_numpy(np.int64), [str(n) for n in names])
+    return ImageSet(np.stack(x), df["label"].to_numpy(np.int64), names)
 
 
 def load_training_set(paths: Sequence[Path], image_size: int, channels: int) -> ImageSet:

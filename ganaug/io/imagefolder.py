@@ -182,6 +182,16 @@ def write_hf_metadata(root: Path, df: pd.DataFrame) -> None:
     meta.to_json(root / HF_METADATA, orient="records", lines=True, force_ascii=False)
 
 
+def manifest_classes(df: pd.DataFrame, where: str | Path) -> list[str]:
+    """The class names of a manifest in label order; DataError unless labels are 0..K-1, one distinct name each."""
+    first = df.drop_duplicates("label").sort_values("label")
+    if first["label"].tolist() != list(range(len(first))) or df.groupby("label")["class_name"].nunique().max() != 1:
+        raise DataError(f"{where}: labels must be 0..K-1 with one class_name each")
+    names = [str(n) for n in first["class_name"]]
+    check_class_names(names, f"{where}: class_name")
+    return names
+
+
 def manifest_frame(paths: list[str], labels: np.ndarray, class_names: list[str], sha: str, seed: int) -> pd.DataFrame:
     """The synthetic manifest, columns exactly MANIFEST_COLUMNS."""
     df = pd.DataFrame({

@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ganaug.config.errors import DataError
-from ganaug.io.imagefolder import MANIFEST, check_class_names, read_manifest, safe_join
+from ganaug.io.imagefolder import MANIFEST, manifest_classes, read_manifest, safe_join
 
 ORIGINS = ("real", "synthetic")
 
@@ -34,11 +34,7 @@ class ManifestDataset(Dataset):
         where = self.root / MANIFEST
         if origin is not None and origin not in ORIGINS:
             raise DataError(f"{where}: origin must be one of {ORIGINS} or None, got {origin!r}")
-        names = df.drop_duplicates("label").sort_values("label")
-        if names["label"].tolist() != list(range(len(names))) or df.groupby("label")["class_name"].nunique().max() != 1:
-            raise DataError(f"{where}: labels must be 0..K-1 with one class_name each")
-        self.classes: list[str] = [str(n) for n in names["class_name"]]
-        check_class_names(self.classes, f"{where}: class_name")
+        self.classes: list[str] = manifest_classes(df, where)
         self.class_to_idx = {name: k for k, name in enumerate(self.classes)}
         self.frame: pd.DataFrame = (df if origin is None else df[df["origin"] == origin]).reset_index(drop=True)
         self.samples = [(safe_join(self.root, rel), int(y)) for rel, y in zip(self.frame["path"], self.frame["label"])]
