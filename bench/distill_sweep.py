@@ -57,8 +57,8 @@ def score_configs(project: Path, configs: dict[str, dict], variants: list[str]) 
     from ganaug.train.fit import predict
 
     base = yaml.safe_load((project / "params.yaml").read_text())["finetune"]
-    train = load_prepared(project / "data/prepared/target_train.npz")
-    test = load_prepared(project / "data/prepared/target_test.npz")
+    train = load_prepared(project / "data/restored/target_train.npz")
+    test = load_prepared(project / "data/restored/target_test.npz")
     cpu = torch.device("cpu")
     out = {}
     for name, extra in configs.items():

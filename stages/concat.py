@@ -103,13 +103,13 @@ def _read_json(path: Path) -> Optional[dict]:
 def main() -> None:
     params = load_params()  # validated first: a broken params.yaml stops every stage
     raw = yaml.safe_load(Path("params.yaml").read_text())
-    prepared = Path("data/prepared")
+    prepared, target = Path("data/prepared"), Path("data/restored")  # the target as the pipeline saw it (stage restore)
     made_by = {"params": raw, "git_revision": git_revision(), "inputs": {
         "source": {"spec": params.data.source, "sha256": file_sha256(prepared / "source.npz")},
-        "target_train": {"spec": params.data.target, "sha256": file_sha256(prepared / "target_train.npz")},
+        "target_train": {"spec": params.data.target, "sha256": file_sha256(target / "target_train.npz")},
         "target_test": {"spec": params.data.target_test or params.data.target,
-                        "sha256": file_sha256(prepared / "target_test.npz")}}}
-    real = load_prepared(prepared / "target_train.npz")
+                        "sha256": file_sha256(target / "target_test.npz")}}}
+    real = load_prepared(target / "target_train.npz")
     df = concat(real, Path("data/synthetic"), Path("data/augmented"), made_by,
                 _read_json(Path("metrics/gan.json")), _read_json(Path("metrics/eval.json")))
     n = df["origin"].value_counts().to_dict()

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("models", nargs="+", type=Path, help="fine-tuned classifiers; the file stem names the variant")
     args = ap.parse_args(argv)
     p = load_params().eval
-    test = load_prepared("data/prepared/target_test.npz")
+    test = load_prepared("data/restored/target_test.npz")
     results, preds = evaluate({m.stem: m for m in args.models}, test, p, pick_device())
     deltas = compare(results, preds, test)
     write_outputs(results, deltas, test, vs_classical=compare_classical(results, preds, test))

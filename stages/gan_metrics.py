@@ -100,8 +100,8 @@ def gan_metrics(classifier_path: Path, synthetic_dir: Path, train: ImageSet, tes
 @exit_on_user_error
 def main() -> None:
     params = load_params("params.yaml")
-    train = load_prepared("data/prepared/target_train.npz")
-    test = load_prepared("data/prepared/target_test.npz")
+    train = load_prepared("data/restored/target_train.npz")
+    test = load_prepared("data/restored/target_test.npz")
     out = gan_metrics(Path("models/classifier.pt"), Path("data/synthetic"), train, test,
                       params.finetune, params.eval, pick_device())
     write_json("metrics/gan.json", out)

@@ -40,7 +40,7 @@ from ganaug.train.runtime import pick_device
 def main() -> None:
     p = load_params("params.yaml").synth
     out_dir, png = Path("data/synthetic"), Path("plots/samples.png")
-    real = load_prepared("data/prepared/target_train.npz")
+    real = load_prepared("data/restored/target_train.npz")
     df = synthesize(Path("models/gan.pt"), p, out_dir, png, pick_device(), real, Path("models/finetune/baseline.pt"))
     rep = json.loads((out_dir / REPORT).read_text())
     short = f", short by {rep['shortfall']} (cap synth.max_factor={p.max_factor})" if rep["shortfall"] else ""

@@ -17,7 +17,7 @@ from ganaug.train.runtime import pick_device
 @exit_on_user_error
 def main() -> None:
     p = load_params("params.yaml").gan
-    ds = load_prepared("data/prepared/target_train.npz")
+    ds = load_prepared("data/restored/target_train.npz")
     s = train_gan(ds, p, Path("models/gan.pt"), Path("checkpoints/train_gan"), pick_device(), "dvclive/train_gan",
                   source_path=Path("models/gan_source.pt"))
     resumed = f" (resumed at step {s['resumed_from']})" if s["resumed_from"] else ""

@@ -33,6 +33,7 @@ TINY_PARAMS = {
     "synth": {"per_class": 4},
     # checkpoint_every < steps: checkpoints are written, then removed when training ends (tests/test_reproducible.py)
     "finetune": {"steps": 15, "batch_size": 16, "checkpoint_every": 5},
+    "restore": {"width": 8, "steps": 12, "adapt_steps": 4, "batch_size": 16, "checkpoint_every": 5},
 }
 
 # Tests using the shared run (`tiny_repro`, `tiny_repro_copy`) carry this mark, so that under

@@ -197,8 +197,8 @@ def test_load_generator_refuses_missing_and_foreign_files(tmp_path):
 def test_main_reads_params_and_prepared_data(digits, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GANAUG_DEVICE", "cpu")
-    Path("data/prepared").mkdir(parents=True)
-    save_prepared(Path("data/prepared/target_train.npz"), digits)
+    Path("data/restored").mkdir(parents=True)
+    save_prepared(Path("data/restored/target_train.npz"), digits)
     Path("params.yaml").write_text(yaml.safe_dump({"gan": dict(steps=12, checkpoint_every=5, **TINY)}))
     main()
     assert "train_gan: 12 steps" in capsys.readouterr().out

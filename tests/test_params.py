@@ -109,7 +109,7 @@ STAGES = [
     ("train_gan", None),
     ("synthesize", None),
     ("concat", None),
-    ("finetune", ["--variant", "baseline", "--train", "data/prepared/target_train.npz"]),
+    ("finetune", ["--variant", "baseline", "--train", "data/restored/target_train.npz"]),
     ("evaluate", ["models/finetune/baseline.pt"]),
 ]
 

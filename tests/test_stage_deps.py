@@ -20,7 +20,7 @@ SECTIONS = {name: set(f.annotation.model_fields) for name, f in Params.model_fie
 STREAM_KEYS = {"synth_batch", "synth_weight", "synth_labels", "mixed_hard_weight", "temperature", "teacher",
                "schedule", "first_fraction", "synth_augment", "source_images"}
 # keys the code reads that cannot change a stage's outputs, with the reason
-NO_EFFECT = {"gan.checkpoint_every", "finetune.checkpoint_every"}  # only how often a resumable checkpoint is written
+NO_EFFECT = {"gan.checkpoint_every", "finetune.checkpoint_every", "restore.checkpoint_every"}  # only how often a resumable checkpoint is written
 NOT_USED = {
     # source_params() replaces these with fixed values for the source run
     "pretrain_gan": {f"gan.{k}" for k in ("steps", "freeze", "average_last", "freeze_d_blocks", "alternate_steps",
@@ -31,6 +31,12 @@ NOT_USED = {
     "gan_metrics": {f"finetune.{k}" for k in STREAM_KEYS | {"augment"}},
     # dvc.yaml runs this group with --augment none
     "distill": {"finetune.augment"},
+    # read only by params validation (restore.enabled needs a corruption to undo), which cannot change the sets
+    "prepare": {"data.corrupt", "data.corrupt_on"},
+    # works on the prepared arrays (the keys that shaped them reach it through data/prepared); its downstream
+    # check fine-tunes the real shots with no stream and no classical augmentation
+    "restore": {f"data.{k}" for k in SECTIONS["data"] - {"corrupt", "corrupt_on", "seed"}}
+               | {f"finetune.{k}" for k in STREAM_KEYS | {"augment"}},
 }
 # stages that depend on every key of params.yaml (`- params.yaml:` in dvc.yaml), with the reason
 WHOLE_FILE = {"concat": "its datasheet records the whole params.yaml"}
@@ -65,7 +71,7 @@ def test_the_package_init_holds_no_code():
     """Package `__init__.py` files are in the closures and no stage's deps: they must stay empty of code."""
     import ast
     inits = sorted([ROOT / "stages/__init__.py", *(ROOT / "ganaug").rglob("__init__.py")])
-    assert len(inits) == 8  # stages, ganaug and its config, io, nets, train, judge, tools
+    assert len(inits) == 9  # stages, ganaug and its config, io, nets, train, judge, tools, restore
     for path in inits:
         body = ast.parse(path.read_text()).body
         assert all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body), path  # a docstring at most
@@ -109,5 +115,5 @@ def test_editing_a_building_block_reruns_exactly_the_stages_that_import_it(tiny_
         if "ganaug/judge/metrics.py" in import_closure(stage_module(body["cmd"])):
             raw = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][name]
             importers |= {f"{name}@{k}" for k in raw["foreach"]} if "foreach" in raw else {name}
-    assert importers == {"evaluate", "gan_metrics"}
+    assert importers == {"evaluate", "gan_metrics", "restore"}
     assert stale == importers, proc.stdout

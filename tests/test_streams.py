@@ -149,12 +149,12 @@ def test_fit_with_a_stream_resumes_bit_identically(tmp_path, digits):
 @TINY_REPRO_GROUP
 def test_pipeline_teachers_learn_from_the_real_shots_only(tiny_repro):
     project = tiny_repro.project
-    train = load_prepared(project / "data/prepared/target_train.npz")
-    test = load_prepared(project / "data/prepared/target_test.npz")
+    train = load_prepared(project / "data/restored/target_train.npz")
+    test = load_prepared(project / "data/restored/target_test.npz")
     for variant in ("gan", "source", "gan_source"):
         summary = torch.load(project / f"models/finetune/{variant}.pt", weights_only=True)["summary"]
         assert summary["teacher"] == ["baseline"] and summary["stream_images"] > 0
     teacher = torch.load(project / "models/finetune/baseline.pt", weights_only=True)["summary"]
-    assert teacher["train"] == "data/prepared/target_train.npz" and teacher["train_images"] == len(train)
+    assert teacher["train"] == "data/restored/target_train.npz" and teacher["train_images"] == len(train)
     train_rows = {bytes(img) for img in train.x.reshape(len(train), -1)}
     assert not any(bytes(img) in train_rows for img in test.x.reshape(len(test), -1))  # no test image in training

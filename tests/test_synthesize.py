@@ -111,10 +111,10 @@ def test_main_reads_params_and_writes_the_stage_outputs(gan_path, judge_path, tm
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GANAUG_DEVICE", "cpu")
     Path("models/finetune").mkdir(parents=True)
-    Path("data/prepared").mkdir(parents=True)
+    Path("data/restored").mkdir(parents=True)
     shutil.copyfile(gan_path, "models/gan.pt")
     shutil.copyfile(judge_path, "models/finetune/baseline.pt")
-    save_prepared(Path("data/prepared/target_train.npz"), shots())
+    save_prepared(Path("data/restored/target_train.npz"), shots())
     Path("params.yaml").write_text(yaml.safe_dump({"synth": {"per_class": 2, "seed": 3}}))
     main()
     assert "synthesize: 6 images" in capsys.readouterr().out

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ganaug.config.errors import UserError
+from ganaug.restore.corruptions import parse_spec
 
 ClassRef = Union[int, str]  # a class index into the dataset's sorted classes, or a class name
 
@@ -53,6 +54,15 @@ class DataParams(_Section):
     on_bad_image: Literal["error", "skip"] = "error"
     max_image_pixels: int = Field(4096 * 4096, ge=64)
     seed: int = Field(0, ge=0, le=SEED_MAX)
+    # damage on purpose (stage restore; ganaug/restore/corruptions.py): 'none' or '<name>:<severity>'
+    corrupt: str = "none"
+    corrupt_on: Literal["train", "test", "both"] = "both"  # the target's training shots, its test set, or both
+
+    @field_validator("corrupt")
+    @classmethod
+    def _known_corruption(cls, v: str) -> str:
+        parse_spec(v)
+        return v
 
     @field_validator("image_size")
     @classmethod
@@ -186,6 +196,51 @@ class FinetuneParams(_Section):
         return v
 
 
+class RestoreParams(_Section):
+    enabled: bool = False  # restore the target images (stage restore) before the GAN and fine-tuning see them
+    method: Literal["learned", "classical"] = "learned"  # which restoration feeds the pipeline when enabled
+    classical: Literal["auto", "median", "bilateral", "unsharp", "biharmonic"] = "auto"  # auto: by corruption
+    corruption: Optional[str] = None  # what the learned restorer learns to undo; null = data.corrupt
+    width: int = Field(16, ge=8)
+    steps: int = Field(600, ge=1)  # on the source images
+    adapt_steps: int = Field(100, ge=0)  # then on the target shots (their known pixels when they are damaged)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    adv_weight: float = Field(0.01, ge=0)  # weight of the adversarial term against L1 (pix2pix: 1/100)
+    clean_fraction: float = Field(0.1, ge=0, lt=1)  # undamaged images per batch: leave clean images alone
+    checkpoint_every: int = Field(250, ge=1)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+
+    @field_validator("enabled", mode="before")
+    @classmethod
+    def _a_switch(cls, v: object) -> object:
+        if not isinstance(v, bool):
+            raise ValueError("expected true or false")
+        return v
+
+    @field_validator("corruption")
+    @classmethod
+    def _known_corruption(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and parse_spec(v) is None:
+            raise ValueError("name a corruption to learn to undo ('<name>:<severity>'), or null for data.corrupt")
+        return v
+
+    @classmethod
+    def _no_booleans(cls, v: object) -> object:  # replaces _Section's check (same name): `enabled` is a switch
+        return v
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_but_enabled(cls, v: object, info) -> object:
+        if isinstance(v, bool) and info.field_name != "enabled":
+            raise ValueError("expected a number or a name, not a boolean (yes/no/true/false)")
+        return v
+
+    def learned_spec(self, data_corrupt: str) -> str:
+        """The corruption the learned restorer is trained on (given data.corrupt)."""
+        return self.corruption or data_corrupt
+
+
 class EvalParams(_Section):
     batch_size: int = Field(512, ge=1)
 
@@ -197,6 +252,13 @@ class Params(_Section):
     synth: SynthParams = SynthParams()
     finetune: FinetuneParams = FinetuneParams()
     eval: EvalParams = EvalParams()
+    restore: RestoreParams = RestoreParams()
+
+    @model_validator(mode="after")
+    def _restore_knows_what(self) -> "Params":
+        if self.restore.enabled and self.restore.learned_spec(self.data.corrupt) == "none":
+            raise ValueError("restore.enabled needs a corruption to undo: set data.corrupt or restore.corruption")
+        return self
 
 
 def _describe(err: dict) -> str:
@@ -212,7 +274,7 @@ def _describe(err: dict) -> str:
         msg = f"got {err['input']!r}; allowed: {err['ctx']['expected']}"
     elif "input" in err and not isinstance(err["input"], dict):
         msg = f"{msg} (got {err['input']!r})"
-    return f"{key}: {msg}"
+    return f"{key}: {msg}" if key else msg
 
 
 def parse_params(raw: dict, source: str = "params.yaml") -> Params:

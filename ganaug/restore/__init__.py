@@ -1,0 +1,1 @@
+"""Damage and repair: seeded corruptions (`corruptions.py`) and classical restorers (`classical.py`)."""
