@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     stream = None
     if args.extra:
         teachers = [Path(f"models/finetune/{t}.pt") for t in p.teacher]
-        stream = build_stream(args.extra, train, teachers, p, p.batch_size * 16, device)
+        stream = build_stream(args.extra, train, teachers, p, p.batch_size * 16, device, clf_path)
     model, cfg, summary = finetune(clf_path, train, p, device, live_dir=f"dvclive/finetune/{args.variant}",
                                    ckpt_path=Path(f"checkpoints/finetune/{args.variant}.pt"), augment=args.augment,
                                    stream=stream)

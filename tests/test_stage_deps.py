@@ -18,7 +18,7 @@ from ganaug.config.params import Params
 
 SECTIONS = {name: set(f.annotation.model_fields) for name, f in Params.model_fields.items()}
 STREAM_KEYS = {"synth_batch", "synth_weight", "synth_labels", "mixed_hard_weight", "temperature", "teacher",
-               "schedule", "first_fraction", "synth_augment", "source_images"}
+               "schedule", "first_fraction", "synth_augment", "source_images", "teacher_seeds"}
 # keys the code reads that cannot change a stage's outputs, with the reason
 NO_EFFECT = {"gan.checkpoint_every", "finetune.checkpoint_every", "restore.checkpoint_every"}  # only how often a resumable checkpoint is written
 NOT_USED = {
@@ -29,8 +29,6 @@ NOT_USED = {
     "finetune": {f"finetune.{k}" for k in STREAM_KEYS},
     # CAS fine-tunes on one set, with no stream and no classical augmentation
     "gan_metrics": {f"finetune.{k}" for k in STREAM_KEYS | {"augment"}},
-    # dvc.yaml runs this group with --augment none
-    "distill": {"finetune.augment"},
     # read only by params validation (restore.enabled needs a corruption to undo), which cannot change the sets
     "prepare": {"data.corrupt", "data.corrupt_on"},
     # works on the prepared arrays (the keys that shaped them reach it through data/prepared); its downstream

@@ -115,6 +115,24 @@ def test_soft_labels_come_from_the_teachers_named_in_params(tmp_path, digits):
     assert torch.allclose(teacher_probs([teacher], x, 3.0, 7, CPU), expect, atol=1e-6)  # batching changes nothing
 
 
+def test_teacher_seeds_average_the_teachers_recipe_over_more_seeds(tmp_path, digits):
+    train = _shots(digits)
+    pretrained = _classifier(tmp_path / "classifier.pt", 5, seed=0)
+    p1 = FinetuneParams(steps=3, batch_size=4, source_images=20, seed=7)
+    base_model, cfg, _ = finetune(pretrained, train, p1, CPU)  # the `baseline` variant at finetune.seed
+    base = tmp_path / "baseline.pt"
+    save_classifier(base, base_model, cfg, train.class_names, {"variant": "baseline"})
+    save_prepared(tmp_path / "source.npz", ImageSet(digits.x[:50], digits.y[:50] % 5, [str(k) for k in range(5)]))
+    one = build_stream([tmp_path / "source.npz"], train, [base], p1, 64, CPU, pretrained)
+    p2 = p1.model_copy(update={"teacher_seeds": 2})
+    two = build_stream([tmp_path / "source.npz"], train, [base], p2, 64, CPU, pretrained)
+    again, _, _ = finetune(pretrained, train, p1.model_copy(update={"seed": 8}), CPU)  # the same recipe at seed + 1
+    second = teacher_probs([again], one.x, p1.temperature, 64, CPU)
+    assert torch.allclose(two.soft, (one.soft + second) / 2, atol=1e-6) and not torch.allclose(two.soft, one.soft)
+    with pytest.raises(UserError, match="teacher_seeds > 1 needs the pretrained classifier"):
+        build_stream([tmp_path / "source.npz"], train, [base], p2, 64, CPU)
+
+
 def test_a_teacher_that_saw_synthetic_or_other_data_is_refused(tmp_path, digits):
     train = _shots(digits)
     save_prepared(tmp_path / "source.npz", ImageSet(digits.x[:10], digits.y[:10] % 5, [str(k) for k in range(5)]))

@@ -68,6 +68,18 @@ def load_teachers(paths: list[Path], train: ImageSet) -> list[torch.nn.Module]:
     return teachers
 
 
+def seed_teachers(classifier_path: Path, train: ImageSet, p: FinetuneParams, device: torch.device) -> list[torch.nn.Module]:
+    """`teacher_seeds - 1` more real-shot models per teacher in `p.teacher`, fine-tuned as that variant is
+    (`baseline`: no augmentation, `classical`: `p.augment`) at seeds `p.seed + 1`, `p.seed + 2`, ..."""
+    out = []
+    for name in p.teacher:
+        for k in range(1, p.teacher_seeds):
+            q = p.model_copy(update={"seed": p.seed + k})
+            model, _, _ = finetune(classifier_path, train, q, device, augment="none" if name == "baseline" else p.augment)
+            out.append(model)
+    return out
+
+
 def load_stream_images(paths: list[Path], train: ImageSet, p: FinetuneParams) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, C, H, W uint8) and hard labels (-1 for source images) of the second stream's sources."""
     xs, hs = [], []
@@ -90,10 +102,16 @@ def load_stream_images(paths: list[Path], train: ImageSet, p: FinetuneParams) ->
 
 
 def build_stream(paths: list[Path], train: ImageSet, teacher_paths: list[Path], p: FinetuneParams,
-                 batch_size: int, device: torch.device) -> Stream:
-    """The second stream: its images, their teacher probabilities at `p.temperature` and their hard labels."""
+                 batch_size: int, device: torch.device, classifier_path: Path | None = None) -> Stream:
+    """The second stream: its images, their teacher probabilities at `p.temperature` and their hard labels.
+    With `p.teacher_seeds > 1` the teachers are averaged over seeds too (`seed_teachers`, from `classifier_path`)."""
     x, hard = load_stream_images(paths, train, p)
     x = to_float(x)
-    soft = teacher_probs(load_teachers(teacher_paths, train), x, p.temperature, batch_size, device)
+    teachers = load_teachers(teacher_paths, train)
+    if p.teacher_seeds > 1:
+        if classifier_path is None:
+            raise UserError("finetune.teacher_seeds > 1 needs the pretrained classifier to fine-tune the extra teachers")
+        teachers += seed_teachers(classifier_path, train, p, device)
+    soft = teacher_probs(teachers, x, p.temperature, batch_size, device)
     return Stream(x, soft, torch.from_numpy(hard), p.temperature)
 
