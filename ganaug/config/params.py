@@ -35,9 +35,9 @@ class _Section(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_booleans(cls, v: object) -> object:
-        """YAML turns yes/no/true/false into booleans; no param is one, so never read them as 1/0."""
-        if isinstance(v, bool):
+    def _no_booleans(cls, v: object, info) -> object:
+        """YAML turns yes/no/true/false into booleans; only switches (bool fields) are one, so never read them as 1/0."""
+        if isinstance(v, bool) and cls.model_fields[info.field_name].annotation is not bool:
             raise ValueError("expected a number or a name, not a boolean (yes/no/true/false)")
         return v
 
@@ -224,17 +224,6 @@ class RestoreParams(_Section):
     def _known_corruption(cls, v: Optional[str]) -> Optional[str]:
         if v is not None and parse_spec(v) is None:
             raise ValueError("name a corruption to learn to undo ('<name>:<severity>'), or null for data.corrupt")
-        return v
-
-    @classmethod
-    def _no_booleans(cls, v: object) -> object:  # replaces _Section's check (same name): `enabled` is a switch
-        return v
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_booleans_but_enabled(cls, v: object, info) -> object:
-        if isinstance(v, bool) and info.field_name != "enabled":
-            raise ValueError("expected a number or a name, not a boolean (yes/no/true/false)")
         return v
 
     def learned_spec(self, data_corrupt: str) -> str:
