@@ -3,7 +3,8 @@
 They are built from what the stages wrote in the run's workspace:
 `metrics/eval.json` (accuracy, macro-F1 and the delta against baseline),
 `reports/per_class.csv` (per-class F1 of every variant) and
-`data/augmented/manifest.parquet` (how many images are synthetic), plus the
+`data/augmented/manifest.parquet` (how many images are synthetic),
+`metrics/restore.json` (damage and repair, when on), plus the
 flow's own record of what DVC did with every stage and how long it took.
 A file a (smaller) pipeline does not produce is reported as missing.
 """
@@ -20,6 +21,7 @@ from pipeline.models import RunSummary
 from pipeline.overrides import format_overrides
 
 EVAL_JSON = Path("metrics/eval.json")
+RESTORE_JSON = Path("metrics/restore.json")
 PER_CLASS_CSV = Path("reports/per_class.csv")
 MANIFEST = Path("data/augmented/manifest.parquet")
 BASELINE = "baseline"
@@ -70,6 +72,7 @@ def render_markdown(summary: RunSummary, root: Path) -> str:
              f"- Wall time: {summary.seconds:.1f} s", ""]
     lines += _metrics_section(read_eval(root))
     lines += _synthetic_section(synthetic_counts(root))
+    lines += _restore_section(root / RESTORE_JSON)
     lines += ["## Stages", "", "| stage | DVC | wall time |", "|---|---|---|"]
     lines += [f"| {r.stage} | {r.outcome()} | {r.seconds:.1f} s |" for r in summary.stages]
     return "\n".join(lines) + "\n"
@@ -106,6 +109,19 @@ def _synthetic_section(counts: Optional[dict[str, int]]) -> list[str]:
         return [f"Synthetic images: n/a (no `{MANIFEST}` in this run's workspace).", ""]
     return [f"Synthetic images in the augmented training set: {counts['synthetic']} "
             f"(plus {counts['real']} real).", ""]
+
+
+def _restore_section(path: Path) -> list[str]:
+    """Damage and repair (stage restore), when data.corrupt or restore.enabled was on; nothing otherwise."""
+    m = json.loads(path.read_text()) if path.is_file() else None
+    if not m or "downstream" not in m:
+        return []
+    out = ["## Restoration", "", f"Corruption `{m['corrupt']}` on {m['corrupt_on']}; the pipeline got "
+           f"{m['feeds_pipeline']}.", "", "| treatment | macro-F1 | PSNR (dB) |", "|---|---|---|"]
+    quality = m.get("quality", {})
+    out += [f"| {t} | {d['macro_f1']:.4f} | {quality[t]['psnr']:.2f} |" if t in quality else
+            f"| {t} | {d['macro_f1']:.4f} | n/a |" for t, d in m["downstream"].items()]
+    return out + ["", f"**{m['verdict']}**", ""]
 
 
 def publish(summary: RunSummary, root: Path) -> str:

@@ -453,6 +453,23 @@ def test_report_says_what_a_smaller_pipeline_did_not_produce(tmp_path):
     assert "- Overrides: `data.shots=5`" in report
     assert "| prepare | skipped (up to date) | 0.8 s |" in report
     assert per_class_f1(tmp_path) is None
+    assert "## Restoration" not in report  # off: nothing to say
+
+
+def test_report_shows_restoration_when_it_was_on(tmp_path):
+    from pipeline.models import RunSummary
+    from pipeline.report import render_markdown
+
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/restore.json").write_text(json.dumps({
+        "corrupt": "occlusion:0.3", "corrupt_on": "both", "feeds_pipeline": "learned", "verdict": "no restoration clearly changed",
+        "quality": {"none": {"psnr": 15.1, "ssim": 0.6}, "learned": {"psnr": 21.5, "ssim": 0.9}},
+        "downstream": {"none": {"macro_f1": 0.67, "accuracy": 0.67}, "learned": {"macro_f1": 0.83, "accuracy": 0.84}}}))
+    summary = RunSummary(project=str(tmp_path), workspace=str(tmp_path), experiment=None, overrides={}, stages=[],
+                         seconds=1.0)
+    report = render_markdown(summary, tmp_path)
+    assert "Corruption `occlusion:0.3` on both; the pipeline got learned." in report
+    assert "| learned | 0.8300 | 21.50 |" in report and "**no restoration clearly changed**" in report
 
 
 def test_an_experiment_name_that_exists_is_refused_before_any_stage(tmp_path, prefect_api):
