@@ -30,7 +30,7 @@ from ganaug.train.gan import check_gan_checkpoint, train_gan
 from ganaug.train.runtime import pick_device
 
 OUT = Path("models/gan_source.pt")
-PLACEHOLDER = {"placeholder": "gan.init is 'scratch': no source GAN was needed"}
+PLACEHOLDER = {"placeholder": "gan.init is not 'source': no source GAN was needed"}
 
 
 def source_params(p: GanParams) -> GanParams:
@@ -64,7 +64,7 @@ def main() -> None:
         print(f"pretrain_gan: gan.init is checkpoint, {p.init_checkpoint} checked and copied -> {OUT}")
         return
     if s["placeholder"]:
-        print(f"pretrain_gan: gan.init is scratch, no source GAN trained -> placeholder {OUT}")
+        print(f"pretrain_gan: gan.init is {p.init}, no source GAN trained -> placeholder {OUT}")
         return
     print(f"pretrain_gan: {s['steps']} steps on {len(source)} source images ({len(source.class_names)} classes) "
           f"in {s['seconds']} s -> {s['out']}")

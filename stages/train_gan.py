@@ -1,7 +1,8 @@
 """Stage `train_gan`: a class-conditional GAN on the few target images -> `models/gan.pt`.
 
 The training (losses, transfer from `models/gan_source.pt`, freezing, averaging,
-checkpoints in `checkpoints/train_gan/`) is `ganaug.train.gan.train_gan`.
+checkpoints in `checkpoints/train_gan/`) is `ganaug.train.gan.train_gan`. It starts from
+`models/gan_source.pt` (gan.init source or checkpoint) or `models/gan_meta.pt` (meta).
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from ganaug.train.runtime import pick_device
 def main() -> None:
     p = load_params("params.yaml").gan
     ds = load_prepared("data/restored/target_train.npz")
+    start = Path("models/gan_meta.pt" if p.init == "meta" else "models/gan_source.pt")
     s = train_gan(ds, p, Path("models/gan.pt"), Path("checkpoints/train_gan"), pick_device(), "dvclive/train_gan",
-                  source_path=Path("models/gan_source.pt"))
+                  source_path=start)
     resumed = f" (resumed at step {s['resumed_from']})" if s["resumed_from"] else ""
     print(f"train_gan: {s['steps']} steps{resumed} in {s['seconds']} s, {s['images_per_s']} real images/s "
           f"(loss_d {s.get('loss_d', float('nan')):.3f}, loss_g {s.get('loss_g', float('nan')):.3f}) -> {s['out']}")

@@ -20,7 +20,7 @@ pytestmark = TINY_REPRO_GROUP
 FINETUNE = ("baseline", "classical", "augmented")  # real shots (augmented: the hard-label mixing ablation)
 DISTILL = ("gan", "source", "gan_source")  # real shots + a teacher-labelled second stream
 VARIANTS = FINETUNE + DISTILL
-ALL_STAGES = {"prepare", "pretrain", "pretrain_gan", "train_gan", "synthesize", "concat",
+ALL_STAGES = {"prepare", "pretrain", "restore", "pretrain_gan", "meta_gan", "train_gan", "synthesize", "concat",
               *(f"finetune@{v}" for v in FINETUNE), *(f"distill@{v}" for v in DISTILL), "evaluate", "gan_metrics"}
 
 

@@ -29,6 +29,11 @@ NOT_USED = {
     "finetune": {f"finetune.{k}" for k in STREAM_KEYS},
     # CAS fine-tunes on one set, with no stream and no classical augmentation
     "gan_metrics": {f"finetune.{k}" for k in STREAM_KEYS | {"augment"}},
+    # inner_params() replaces these for every task (steps, learning rates, seed, no freezing or averaging)
+    "meta_gan": {f"gan.{k}" for k in ("steps", "lr_g", "lr_d", "lr_schedule", "lr_gamma", "freeze", "freeze_d_blocks",
+                                       "alternate_steps", "average_last", "average_every", "seed", "init_checkpoint",
+                                       "source_steps")} | {f"data.{k}" for k in SECTIONS["data"] - {"shots", "target_classes"}}
+                | {"meta.checkpoint_every"},
     # read only by params validation (restore.enabled needs a corruption to undo), which cannot change the sets
     "prepare": {"data.corrupt", "data.corrupt_on"},
     # works on the prepared arrays (the keys that shaped them reach it through data/prepared); its downstream

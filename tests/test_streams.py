@@ -171,7 +171,7 @@ def test_pipeline_teachers_learn_from_the_real_shots_only(tiny_repro):
     test = load_prepared(project / "data/restored/target_test.npz")
     for variant in ("gan", "source", "gan_source"):
         summary = torch.load(project / f"models/finetune/{variant}.pt", weights_only=True)["summary"]
-        assert summary["teacher"] == ["baseline"] and summary["stream_images"] > 0
+        assert summary["teacher"] == ["baseline", "classical"] and summary["stream_images"] > 0
     teacher = torch.load(project / "models/finetune/baseline.pt", weights_only=True)["summary"]
     assert teacher["train"] == "data/restored/target_train.npz" and teacher["train_images"] == len(train)
     train_rows = {bytes(img) for img in train.x.reshape(len(train), -1)}

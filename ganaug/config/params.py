@@ -109,7 +109,8 @@ class GanParams(_Section):
     checkpoint_every: int = Field(250, ge=1)
     seed: int = Field(0, ge=0, le=SEED_MAX)
     # GAN transfer: start from the GAN trained on the source set (stage pretrain_gan -> models/gan_source.pt)
-    init: Literal["scratch", "source", "checkpoint"] = "scratch"  # checkpoint: a GAN of yours, `init_checkpoint`
+    # checkpoint: a GAN of yours, `init_checkpoint`; meta: the start meta-learned on source tasks (stage meta_gan)
+    init: Literal["scratch", "source", "checkpoint", "meta"] = "scratch"
     init_checkpoint: Optional[str] = None  # init=checkpoint: a models/gan.pt written by ganaug (another run or project)
     source_steps: int = Field(1500, ge=1)  # pretrain_gan's steps (only with init: source)
     freeze: Literal["none", "d_lower", "alternate"] = "none"  # d_lower: FreezeD; alternate: D-only, then G-only phases
@@ -124,7 +125,8 @@ class GanParams(_Section):
     @model_validator(mode="after")
     def _freeze_d_needs_source(self) -> "GanParams":
         if self.freeze == "d_lower" and self.init == "scratch":
-            raise ValueError("freeze 'd_lower' fine-tunes a pretrained discriminator: it needs init 'source' or 'checkpoint'")
+            raise ValueError("freeze 'd_lower' fine-tunes a pretrained discriminator: it needs init 'source', "
+                             "'checkpoint' or 'meta'")
         if (self.init == "checkpoint") != (self.init_checkpoint is not None):
             raise ValueError(f"init 'checkpoint' and init_checkpoint go together (got init={self.init!r}, "
                              f"init_checkpoint={self.init_checkpoint!r})")
@@ -141,6 +143,30 @@ class GanParams(_Section):
         bad = [p for p in v.split(",") if p and p not in DIFFAUG_OPS]
         if bad:
             raise ValueError(f"unknown DiffAugment op(s) {bad}; allowed: {', '.join(DIFFAUG_OPS)} (comma-separated) or ''")
+        return v
+
+
+class MetaParams(_Section):
+    """gan.init: meta: Reptile across source tasks (stage meta_gan, ganaug/train/meta_gan.py)."""
+    episodes: int = Field(200, ge=1)  # source tasks meta-trained on
+    inner_steps: int = Field(20, ge=1)  # GAN steps per task
+    inner_lr: float = Field(2e-4, gt=0)  # Adam lr of G and D in the inner loop (the base of lr_factors)
+    outer_lr: float = Field(0.5, gt=0, le=1)  # Reptile step, annealed linearly to 0
+    ways: Optional[int] = Field(None, ge=2)  # classes per task; null = len(data.target_classes)
+    shots: Optional[int] = Field(None, ge=1)  # images per class per task; null = data.shots
+    val_fraction: float = Field(0.2, gt=0, lt=1)  # source classes held out for meta-validation
+    val_tasks: int = Field(3, ge=1)  # meta-validation tasks
+    lr_factors: list[float] = [0.5, 1.0, 2.0]  # adaptation lr candidates, x inner_lr
+    gamma_grid: list[float] = [0.0, 0.002]  # decay candidates: lr_t = lr_0 * exp(-gamma t)
+    steps_grid: list[int] = [100, 200, 400]  # adaptation step candidates
+    checkpoint_every: int = Field(50, ge=1)  # episodes between checkpoints
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+
+    @field_validator("lr_factors", "gamma_grid", "steps_grid")
+    @classmethod
+    def _non_empty_positive(cls, v: list) -> list:
+        if not v or any(x < 0 for x in v) or (v and isinstance(v[0], int) and min(v) < 1):
+            raise ValueError("a non-empty list of non-negative numbers (steps: at least 1)")
         return v
 
 
@@ -180,7 +206,7 @@ class FinetuneParams(_Section):
     synth_labels: Literal["hard", "soft", "mixed"] = "soft"  # soft: the teacher's; source images are always soft
     mixed_hard_weight: float = Field(0.5, ge=0, le=1)  # synth_labels=mixed: weight of the hard labels
     temperature: float = Field(2.0, gt=0)  # distillation temperature
-    teacher: list[Literal["baseline", "classical"]] = ["baseline"]  # real-shot variants; several = their mean
+    teacher: list[Literal["baseline", "classical"]] = ["baseline", "classical"]  # real-shot variants; several = their mean
     teacher_seeds: int = Field(1, ge=1, le=16)  # > 1: also average each teacher's recipe at seeds seed+1, seed+2, ...
     schedule: Literal["joint", "synthetic_first"] = "joint"  # synthetic_first: stream alone, then real alone
     first_fraction: float = Field(0.5, gt=0, lt=1)  # schedule=synthetic_first: share of steps on the stream
@@ -243,11 +269,15 @@ class Params(_Section):
     finetune: FinetuneParams = FinetuneParams()
     eval: EvalParams = EvalParams()
     restore: RestoreParams = RestoreParams()
+    meta: MetaParams = MetaParams()
 
     @model_validator(mode="after")
     def _restore_knows_what(self) -> "Params":
         if self.restore.enabled and self.restore.learned_spec(self.data.corrupt) == "none":
             raise ValueError("restore.enabled needs a corruption to undo: set data.corrupt or restore.corruption")
+        if self.gan.init == "meta" and self.meta.ways is None and self.data.target_classes is None:
+            raise ValueError("gan.init meta: set meta.ways to the target's number of classes "
+                             "(data.target_classes is null, so it cannot be read from there)")
         return self
 
 

@@ -8,7 +8,9 @@ images in channels_last, fused Adam, no host sync per step; `gan.precision: bf16
 runs G and D under bfloat16 autocast (fast on CPUs with AVX512-BF16/AMX and on GPUs).
 
 Transfer (`gan.init: source`): G and D start from `models/gan_source.pt` (stage
-pretrain_gan) with the class embeddings re-initialised; `gan.freeze: d_lower`
+pretrain_gan) with the class embeddings re-initialised (`gan.init: meta`: from the
+meta-learned `models/gan_meta.pt`, adapted with the learning rate, decay and
+steps its meta-validation chose, `with_meta_choice`); `gan.freeze: d_lower`
 keeps D's first `gan.freeze_d_blocks` conv layers fixed (FreezeD), `alternate`
 trains D only, then G only, `gan.alternate_steps` steps each. `gan.lr_schedule:
 exp` decays both learning rates as lr_0 * exp(-lr_gamma * t); `gan.average_last`
@@ -306,6 +308,16 @@ def check_gan_checkpoint(path: Path, p: GanParams) -> dict:
     return {k: blob[k] for k in GAN_FILE_KEYS}
 
 
+def with_meta_choice(p: GanParams, start: dict) -> GanParams:
+    """gan.init meta: adapt with the learning rate, decay and steps meta-validation chose (models/gan_meta.pt)."""
+    c = start.get("chosen")
+    if not isinstance(c, dict) or not {"lr", "lr_gamma", "steps"} <= set(c):
+        raise UserError("models/gan_meta.pt: no meta-validated choice in it (was meta_gan run with gan.init=meta?)")
+    return p.model_copy(update={"lr_g": float(c["lr"]), "lr_d": float(c["lr"]), "lr_gamma": float(c["lr_gamma"]),
+                                "lr_schedule": "exp" if c["lr_gamma"] > 0 else "constant", "steps": int(c["steps"]),
+                                "average_last": 0})
+
+
 def resume(trainer: GanTrainer, path: Path, fp: str) -> int:
     """Load the checkpoint at `path` if there is a usable one; return the step training goes on from."""
     sd = checkpoint.load(path, fp, "train_gan")
@@ -398,7 +410,9 @@ def train_gan(
     _check_data(ds)
     cfg = GanConfig(len(ds.class_names), ds.x.shape[-1], ds.x.shape[1], p.z_dim, p.g_width, p.d_width, p.arch)
     real = BalancedBatches(to_float(ds.x).to(device), torch.as_tensor(ds.y, dtype=torch.long), cfg.n_classes)
-    source = load_source_gan(source_path) if p.init in ("source", "checkpoint") else None
+    source = load_source_gan(source_path) if p.init in ("source", "checkpoint", "meta") else None
+    if p.init == "meta":
+        p = with_meta_choice(p, source)
     trainer = GanTrainer(cfg, p, real, device, source)
     fp = fingerprint(ds, p, device, source["sha256"] if source else "")
     ckpt = Path(ckpt_dir) / f"{fp}.pt"

@@ -1,0 +1,106 @@
+"""The meta-learned GAN start (issue #12): Reptile's update, episodes, resumption, meta-validation's choice,
+train_gan adapting with it, and `dvc exp run -S gan.init=meta` end to end (tiny params)."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import DVC, TINY_REPRO_GROUP, pipeline_env, run
+from ganaug.config.errors import DataError
+from ganaug.config.params import GanParams, MetaParams, parse_params, ParamsError
+from ganaug.io.data import ImageSet, load_digits_set
+from ganaug.train.gan import CLASS_SPECIFIC, train_gan, with_meta_choice
+from ganaug.train.meta_gan import draw_task, meta_train, meta_validate, reptile_update, split_classes
+
+CPU = torch.device("cpu")
+TINY_GAN = GanParams(z_dim=8, g_width=8, d_width=8, batch_size=6, ema_start=1)
+TINY_META = MetaParams(episodes=4, inner_steps=3, ways=2, shots=3, val_fraction=0.3, val_tasks=1,
+                       lr_factors=[1.0, 2.0], gamma_grid=[0.0], steps_grid=[2, 4], checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def digits() -> ImageSet:
+    from ganaug.io.data import LoadOptions
+    return load_digits_set(LoadOptions(16, 1))
+
+
+def test_reptile_moves_shared_weights_by_eps_and_leaves_class_embeddings():
+    meta = {"conv.weight": torch.zeros(3), "norm.embed.weight": torch.zeros(2), "bn.num_batches_tracked": torch.tensor(1)}
+    adapted = {"conv.weight": torch.ones(3), "norm.embed.weight": torch.ones(2), "bn.num_batches_tracked": torch.tensor(5)}
+    reptile_update(meta, adapted, 0.25)
+    assert torch.equal(meta["conv.weight"], torch.full((3,), 0.25))
+    assert torch.equal(meta["norm.embed.weight"], torch.zeros(2)) and CLASS_SPECIFIC == "embed"
+    assert int(meta["bn.num_batches_tracked"]) == 5
+
+
+def test_episodes_are_seeded_and_keep_meta_validation_classes_apart(digits):
+    train_c, val_c = split_classes(digits, TINY_META, ways=2)
+    assert not set(train_c) & set(val_c) and len(train_c) + len(val_c) == 10 and len(val_c) == 3
+    a = draw_task(digits, train_c, 2, 3, np.random.default_rng([0, 1]))
+    b = draw_task(digits, train_c, 2, 3, np.random.default_rng([0, 1]))
+    assert np.array_equal(a.shots.x, b.shots.x) and a.shots.class_names == b.shots.class_names
+    assert sorted(a.shots.y.tolist()) == [0, 0, 0, 1, 1, 1] and set(a.shots.class_names) <= {str(c) for c in train_c}
+    shot_rows = {bytes(r) for r in a.shots.x.reshape(6, -1)}
+    assert not any(bytes(r) in shot_rows for r in a.rest.x.reshape(len(a.rest.x), -1))  # reference images apart
+    with pytest.raises(DataError, match="lower meta.ways"):
+        split_classes(ImageSet(digits.x[:40], digits.y[:40] % 5, [str(k) for k in range(5)]), TINY_META, ways=3)
+
+
+def test_meta_training_resumes_bit_exactly(digits, tmp_path):
+    whole = meta_train(digits, TINY_GAN, TINY_META, 2, 3, CPU)
+    ckpt = tmp_path / "meta.pt"
+    part = meta_train(digits, TINY_GAN, TINY_META, 2, 3, CPU, ckpt_path=ckpt, stop_after=3)
+    assert part["summary"]["stopped"] and ckpt.is_file()
+    resumed = meta_train(digits, TINY_GAN, TINY_META, 2, 3, CPU, ckpt_path=ckpt)
+    assert resumed["summary"]["resumed_from"] == 2 and not ckpt.exists()
+    for net in ("generator", "discriminator"):
+        for k, v in whole[net].items():
+            assert torch.equal(v, resumed[net][k]), (net, k)
+
+
+def test_meta_validation_chooses_from_its_grid_and_train_gan_adapts_with_the_choice(digits, tmp_path):
+    start = meta_train(digits, TINY_GAN, TINY_META, 2, 3, CPU)
+    val_classes = start.pop("val_classes")
+    flat = lambda x: x.reshape(len(x), -1)[:, :32].numpy()  # noqa: E731 (a stand-in feature map)
+    val = meta_validate(start, digits, val_classes, TINY_GAN, TINY_META, 2, 3, flat, CPU)
+    assert len(val["grid"]) == 2 * 1 * 2 and val["chosen"] == min(val["grid"], key=lambda r: r["kid"])
+    assert {r["steps"] for r in val["grid"]} == {2, 4} and {r["lr"] for r in val["grid"]} == {2e-4, 4e-4}
+    blob = {**start, **val}
+    torch.save(blob, tmp_path / "gan_meta.pt")
+    target = ImageSet(digits.x[digits.y >= 8][:12], digits.y[digits.y >= 8][:12] - 8, ["8", "9"])
+    p = TINY_GAN.model_copy(update={"init": "meta", "steps": 999})
+    s = train_gan(target, p, tmp_path / "gan.pt", tmp_path / "ckpt", CPU, source_path=tmp_path / "gan_meta.pt")
+    gan = torch.load(tmp_path / "gan.pt", weights_only=True)
+    assert s["steps"] == val["chosen"]["steps"] and gan["params"]["lr_g"] == val["chosen"]["lr"]
+    shared = "project.weight"
+    assert not torch.equal(gan["generator"][shared], start["generator"][shared])  # adapted from the start
+    with pytest.raises(Exception, match="no meta-validated choice"):
+        with_meta_choice(p, {"generator": {}, "discriminator": {}})
+
+
+def test_meta_params_validate():
+    with pytest.raises(ParamsError, match="set meta.ways"):
+        parse_params({"gan": {"init": "meta"}, "data": {"target_classes": None}})
+    assert parse_params({"gan": {"init": "meta", "freeze": "d_lower"}}).gan.freeze == "d_lower"
+    with pytest.raises(ParamsError, match="meta.steps_grid"):
+        parse_params({"meta": {"steps_grid": []}})
+
+
+@TINY_REPRO_GROUP
+def test_exp_run_with_meta_init_end_to_end(tiny_repro_copy):
+    project = tiny_repro_copy  # digits: 5 source classes, so 2-way tasks (2 classes kept for meta-validation)
+    assert "placeholder" in torch.load(project / "models/gan_meta.pt", weights_only=True)
+    out = run(DVC + ["exp", "run", "-S", "gan.init=meta", "-S", "meta.ways=2", "-S", "meta.episodes=3",
+                     "-S", "meta.inner_steps=2", "-S", "meta.val_tasks=1", "-S", "meta.steps_grid=[3,6]",
+                     "-S", "meta.lr_factors=[1.0]", "-S", "meta.gamma_grid=[0.0]", "--name", "meta"],
+              project, env=pipeline_env())
+    ran = set(re.findall(r"Running stage '([^']+)'", out.stdout))
+    assert {"meta_gan", "train_gan", "synthesize", "evaluate"} <= ran and not {"prepare", "pretrain"} & ran
+    assert "placeholder" in torch.load(project / "models/gan_source.pt", weights_only=True)  # no source GAN needed
+    chosen = json.loads((project / "metrics/meta.json").read_text())["chosen"]
+    gan = torch.load(project / "models/gan.pt", weights_only=True)
+    assert gan["params"]["init"] == "meta" and gan["step"] == chosen["steps"] in (3, 6)
