@@ -94,9 +94,10 @@ def inner_params(p: GanParams, steps: int, lr: float, gamma: float, seed: int) -
                                 "average_last": 0, "seed": seed, "ema_start": min(p.ema_start, steps)})
 
 
-def adapt(start: dict, task: ImageSet, cfg: GanConfig, p: GanParams, device: torch.device,
+def adapt(start: Optional[dict], task: ImageSet, cfg: GanConfig, p: GanParams, device: torch.device,
           on_step: Optional[Callable[[GanTrainer], None]] = None) -> GanTrainer:
-    """G and D from `start` (shared weights; class embeddings new), trained `p.steps` steps on `task`."""
+    """G and D from `start` (shared weights; class embeddings new; None: from scratch), trained `p.steps` steps
+    on `task`; `on_step(trainer)` after every step."""
     real = BalancedBatches(to_float(task.x).to(device), torch.as_tensor(task.y, dtype=torch.long), len(task.class_names))
     trainer = GanTrainer(GanConfig(**{**asdict(cfg), "n_classes": len(task.class_names)}), p, real, device, start)
     for _ in range(p.steps):
