@@ -26,7 +26,7 @@ TOY_STAGES = ["prepare", "finetune@baseline", "finetune@augmented", "evaluate"]
 
 @pytest.fixture(scope="module")
 def api_url():
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):  # a busy machine starts it slowly
         yield PREFECT_API_URL.value()
 
 

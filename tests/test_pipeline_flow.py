@@ -143,7 +143,7 @@ def make_toy_repo(dest: Path, dvc_yaml: str = TOY_DAG) -> Path:
 
 @pytest.fixture(scope="module")
 def prefect_api():
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):  # a busy machine starts it slowly
         yield
 
 

@@ -169,10 +169,13 @@ KILL_AFTER_CHECKPOINT = 20  # kill once a checkpoint of at least this step exist
 
 
 def gan_project(root: Path) -> Path:
-    """A folder with params.yaml and data/prepared/ (3 shots of digits 5-9), as the train_gan stage expects."""
+    """A folder with params.yaml, data/prepared/ and data/restored/ (3 shots of digits 5-9), as train_gan expects."""
     root.mkdir(parents=True)
     (root / "params.yaml").write_text(yaml.safe_dump({"gan": GAN_PARAMS}))
     prepare(DataParams(shots=3, image_size=16), root / "data" / "prepared")
+    (root / "data" / "restored").mkdir()  # what the restore stage writes when it is off: byte copies
+    for name in ("target_train.npz", "target_test.npz"):
+        shutil.copyfile(root / "data" / "prepared" / name, root / "data" / "restored" / name)
     return root
 
 

@@ -118,7 +118,7 @@ def test_soft_labels_come_from_the_teachers_named_in_params(tmp_path, digits):
 def test_teacher_seeds_average_the_teachers_recipe_over_more_seeds(tmp_path, digits):
     train = _shots(digits)
     pretrained = _classifier(tmp_path / "classifier.pt", 5, seed=0)
-    p1 = FinetuneParams(steps=3, batch_size=4, source_images=20, seed=7)
+    p1 = FinetuneParams(steps=3, batch_size=4, source_images=20, seed=7, teacher=["baseline"])
     base_model, cfg, _ = finetune(pretrained, train, p1, CPU)  # the `baseline` variant at finetune.seed
     base = tmp_path / "baseline.pt"
     save_classifier(base, base_model, cfg, train.class_names, {"variant": "baseline"})
