@@ -8,7 +8,8 @@ Otherwise (`ganaug/restore/`): the corruption damages the training shots and/or
 the test set (`data.corrupt_on`), seeded by `data.seed`; the classical restorer
 (`restore.classical`) and, when `restore.enabled`, the learned one (a U-Net with
 a patch discriminator trained on the source set to undo `restore.corruption`,
-then adapted to the target shots; `ganaug/train/restorer.py`) repair them. What
+or meta-learned on source tasks with Reptile when `restore.init: meta`, then
+adapted to the target shots; `ganaug/train/restorer.py`) repair them. What
 feeds the pipeline: `restore.method` when enabled, else the damaged images.
 
 Judged in `metrics/restore.json` and `reports/restore.md`: PSNR/SSIM against
@@ -35,7 +36,7 @@ from ganaug.judge.image_quality import quality
 from ganaug.judge.restoration import downstream, report_markdown, save_before_after, verdict
 from ganaug.restore.classical import classical_name, restore_classical
 from ganaug.restore.corruptions import corrupt, parse_spec
-from ganaug.train.restorer import RestoreTrainConfig, restore_images, train_restorer
+from ganaug.train.restorer import RestoreTrainConfig, meta_restorer, restore_images, train_restorer
 from ganaug.train.runtime import pick_device
 
 PREPARED, OUT = Path("data/prepared"), Path("data/restored")
@@ -57,10 +58,15 @@ def _seed(data: DataParams, which: int) -> int:
 
 def _learned(source: ImageSet, shots: np.ndarray, shots_known: Optional[np.ndarray], spec: str, p: RestoreParams,
              device: torch.device, ckpt_dir: Path):
-    """The restorer trained on the source set to undo `spec`, then adapted to the shots (their known pixels)."""
+    """The restorer trained on the source set to undo `spec` (or its Reptile start, restore.init meta), then adapted
+    to the shots (their known pixels)."""
     cfg = RestoreTrainConfig(p.steps, p.width, p.batch_size, p.lr, p.adv_weight, p.clean_fraction, p.seed,
                              p.checkpoint_every)
-    g, s_src = train_restorer(source.x, spec, cfg, device, ckpt_path=ckpt_dir / "source.pt", desc="restore source")
+    if p.init == "meta":
+        g, s_src = meta_restorer(source.x, source.y, spec, cfg, p.meta_episodes, p.meta_inner_steps, p.meta_outer_lr,
+                                 p.meta_task_images, device, ckpt_path=ckpt_dir / "meta.pt")
+    else:
+        g, s_src = train_restorer(source.x, spec, cfg, device, ckpt_path=ckpt_dir / "source.pt", desc="restore source")
     summary = {"corruption": spec, "source": s_src, "adapt": "skipped: restore.adapt_steps is 0"}
     if p.adapt_steps and shots_known is not None and not shots_known.any():
         summary["adapt"] = "skipped: the shots are damaged everywhere, so no pixel can serve as a target"

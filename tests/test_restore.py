@@ -20,7 +20,7 @@ from ganaug.judge.image_quality import PSNR_CAP, psnr, ssim
 from ganaug.nets.restorer import RestorerConfig, UNet
 from ganaug.restore.classical import CLASSICAL, restore_classical
 from ganaug.restore.corruptions import CORRUPTIONS, FILL, corrupt, parse_spec
-from ganaug.train.restorer import RestoreTrainConfig, restore_images, train_restorer
+from ganaug.train.restorer import RestoreTrainConfig, meta_restorer, restore_images, train_restorer
 
 CPU = torch.device("cpu")
 
@@ -137,6 +137,24 @@ def test_restorer_training_resumes_bit_exactly(digits16, tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_a_meta_learned_restorer_start_resumes_bit_exactly_and_differs_from_its_init(digits16, tmp_path):
+    x, y = digits16[0][:300], digits16[1][:300]
+    cfg = RestoreTrainConfig(steps=1, width=8, batch_size=8, checkpoint_every=2)
+    args = ("occlusion:0.3", cfg, 5, 2, 0.5, 16, CPU)
+    whole, s = meta_restorer(x, y, *args)
+    assert s["init"] == "meta" and s["episodes"] == 5
+    torch.manual_seed(cfg.seed)
+    fresh = UNet(RestorerConfig(1, 16, 8))
+    assert any(not torch.equal(a, b) for a, b in zip(whole.state_dict().values(), fresh.state_dict().values()))
+    ckpt = tmp_path / "meta.pt"
+    _, part = meta_restorer(x, y, *args, ckpt_path=ckpt, stop_after=3)
+    assert part["stopped"] and ckpt.is_file()
+    resumed, s2 = meta_restorer(x, y, *args, ckpt_path=ckpt)
+    assert s2["resumed_from"] == 2 and not ckpt.exists()
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
 # --- image metrics ----------------------------------------------------------------------------------
 
 def test_psnr_of_an_image_with_itself_is_capped_and_drops_as_noise_grows(digits16):
@@ -177,6 +195,10 @@ def test_the_stage_core_damages_repairs_and_judges(digits16, tmp_path):
         assert np.array_equal(out.y, clean.y) and out.class_names == names and not np.array_equal(out.x, clean.x)
     assert list(r.rows) == ["clean", "damaged", "classical", "learned"]
     assert "state_dict" in r.restorer and r.restorer["summary"]["adapt"]["adversarial"] is False
+    meta = parse_params({**params.model_dump(), "restore": {**params.restore.model_dump(), "init": "meta",
+                                                             "meta_episodes": 3, "meta_inner_steps": 2}})
+    rm = restore(train, test, source, meta, clf, CPU, tmp_path / "ckpt").metrics
+    assert rm["learned"]["source"]["init"] == "meta" and set(rm["downstream"]) == {"none", "classical", "learned"}
 
 
 @TINY_REPRO_GROUP

@@ -228,6 +228,11 @@ class RestoreParams(_Section):
     method: Literal["learned", "classical"] = "learned"  # which restoration feeds the pipeline when enabled
     classical: Literal["auto", "median", "bilateral", "unsharp", "biharmonic"] = "auto"  # auto: by corruption
     corruption: Optional[str] = None  # what the learned restorer learns to undo; null = data.corrupt
+    init: Literal["source", "meta"] = "source"  # source: trained on the source images; meta: a Reptile start
+    meta_episodes: int = Field(100, ge=1)  # init meta: tasks (a random half of the source classes each)
+    meta_inner_steps: int = Field(10, ge=1)  # restorer steps per task
+    meta_outer_lr: float = Field(0.5, gt=0, le=1)  # Reptile step, annealed linearly to 0
+    meta_task_images: int = Field(64, ge=2)  # images per task
     width: int = Field(16, ge=8)
     steps: int = Field(600, ge=1)  # on the source images
     adapt_steps: int = Field(100, ge=0)  # then on the target shots (their known pixels when they are damaged)

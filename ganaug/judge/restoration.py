@@ -78,7 +78,9 @@ def report_markdown(m: dict) -> str:
 
 def _describe_learned(s: dict) -> str:
     src, ad = s["source"], s["adapt"]
-    text = f"trained to undo `{s['corruption']}` for {src['steps']} steps on the source images ({src['seconds']} s)"
+    text = (f"meta-learned to undo `{s['corruption']}` over {src['episodes']} source tasks of {src['inner_steps']} steps "
+            f"({src['seconds']} s)" if src.get("init") == "meta" else
+            f"trained to undo `{s['corruption']}` for {src['steps']} steps on the source images ({src['seconds']} s)")
     if isinstance(ad, str):
         return f"{text}; adaptation {ad}"
     how = "with the adversarial term" if ad["adversarial"] else "on their known pixels only, L1"

@@ -7,6 +7,11 @@ the same damage), and trains G on L1(compose(damaged, known, G), clean) plus
 context-encoder style). A fraction `clean_fraction` of each batch is left
 undamaged (with no pixel marked known), so G learns to leave clean images alone.
 
+`meta_restorer` (`restore.init: meta`) learns the start instead with Reptile, as
+`gan.init: meta` does for the GAN: each episode trains a copy for a few steps on
+the images of a random half of the source classes, and the start moves toward
+it by a step annealed linearly to 0.
+
 `weight` (N, 1, H, W) marks which target pixels are trusted: adapting on shots
 that are themselves damaged trains on their known pixels only, without the
 adversarial term (D would learn the damage as real). Checkpoints and resumes
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -136,3 +141,44 @@ def restore_images(g: UNet, damaged: np.ndarray, known: np.ndarray, device: torc
         out.append(to_uint8(compose(xd, k, g(xd, k))))
     g.cpu()
     return np.concatenate(out) if out else damaged.copy()
+
+
+def meta_restorer(x: np.ndarray, y: np.ndarray, spec: str, cfg: RestoreTrainConfig, episodes: int, inner_steps: int,
+                  outer_lr: float, task_images: int, device: torch.device, ckpt_path: Optional[Path] = None,
+                  stop_after: Optional[int] = None) -> tuple[UNet, dict]:
+    """A restorer start meta-learned with Reptile over `episodes` tasks drawn from the source images `x` (labels `y`)."""
+    torch.manual_seed(cfg.seed)
+    g = UNet(RestorerConfig(x.shape[1], x.shape[2], cfg.width))
+    meta = {k: v.clone() for k, v in g.state_dict().items()}
+    fp = ""
+    if ckpt_path is not None:
+        fp = _fingerprint(g, x, y[:, None, None, None].astype(np.int64), f"{spec}|meta|{episodes}|{inner_steps}|"
+                          f"{outer_lr}|{task_images}", cfg, device)
+    start, state = 0, checkpoint.load(ckpt_path, fp, "restore meta")
+    if state is not None:
+        meta, start = state["meta"], int(state["episode"])
+    classes = np.unique(y)
+    end = episodes if stop_after is None else min(stop_after, episodes)
+    t0 = time.perf_counter()
+    for ep in progress(range(start, end), desc="restore meta", initial=start, total=episodes):
+        rng = np.random.default_rng([cfg.seed, ep])
+        pool = np.flatnonzero(np.isin(y, rng.choice(classes, max(1, len(classes) // 2), replace=False)))
+        task = x[rng.choice(pool, min(task_images, len(pool)), replace=False)]
+        inner = UNet(g.cfg)
+        inner.load_state_dict(meta)
+        inner, _ = train_restorer(task, spec, replace(cfg, steps=inner_steps, seed=cfg.seed * 1_000_003 + ep), device, g=inner)
+        eps = outer_lr * (1.0 - ep / episodes)
+        with torch.no_grad():
+            for k, v in inner.state_dict().items():  # (the U-Net has only float tensors)
+                meta[k] += eps * (v - meta[k])
+        if ckpt_path is not None and (ep + 1) % cfg.checkpoint_every == 0 and ep + 1 < episodes:
+            checkpoint.save(ckpt_path, {"meta": meta, "episode": ep + 1}, fp)
+    summary = {"init": "meta", "episodes": episodes, "inner_steps": inner_steps, "resumed_from": start,
+               "seconds": round(time.perf_counter() - t0, 2)}
+    if end < episodes:
+        return g, {**summary, "stopped": True}
+    if ckpt_path is not None:
+        Path(ckpt_path).unlink(missing_ok=True)
+        remove_stale_temporaries(ckpt_path)
+    g.load_state_dict(meta)
+    return g.eval(), summary
