@@ -17,7 +17,8 @@ from ganaug.config.params import FinetuneParams
 from ganaug.io.atomic import atomic_file
 from ganaug.io.data import ImageSet, to_float
 from ganaug.io.pictures import pyplot
-from ganaug.judge.metrics import bootstrap_delta, classification_metrics
+from ganaug.judge.evaluation import compare
+from ganaug.judge.metrics import classification_metrics
 from ganaug.train.finetune import finetune
 from ganaug.train.fit import predict
 
@@ -27,19 +28,15 @@ NONE = "none"
 def downstream(classifier: Path, versions: dict[str, tuple[ImageSet, ImageSet]], p: FinetuneParams,
                eval_batch: int, device: torch.device) -> dict:
     """{treatment: accuracy, macro_f1 and (but `none`) the delta from `none` with its interval}."""
-    preds, out = {}, {}
+    results, preds = {}, {}
     for name, (train, test) in versions.items():
         model, _, _ = finetune(classifier, train, p, device, augment="none")
         preds[name] = predict(model, to_float(test.x), eval_batch, device).argmax(1).numpy()
-        m = classification_metrics(test.y, preds[name], test.class_names)
-        out[name] = {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)}
-    y = next(iter(versions.values()))[1].y
-    k = len(next(iter(versions.values()))[1].class_names)
-    for name in out:
-        if name != NONE and NONE in out:
-            ci = bootstrap_delta(y, preds[NONE], preds[name], k)["macro_f1"]
-            out[name]["vs_none_macro_f1"] = {"delta": round(out[name]["macro_f1"] - out[NONE]["macro_f1"], 4),
-                                             **{b: round(v, 4) for b, v in ci.items()}}
+        results[name] = classification_metrics(test.y, preds[name], test.class_names)
+    out = {n: {m: round(r[m], 4) for m in ("accuracy", "macro_f1")} for n, r in results.items()}
+    test = next(iter(versions.values()))[1]  # the same images and labels in every treatment, repaired differently
+    for name, d in compare(results, preds, test, ref=NONE).items():
+        out[name]["vs_none_macro_f1"] = {k: round(v, 4) for k, v in d["macro_f1"].items()}
     return out
 
 

@@ -59,12 +59,13 @@ def _damage(clean: np.ndarray, spec: str, seed: int, step: int, clean_fraction: 
     return damaged, known
 
 
-def _fingerprint(g: UNet, clean: np.ndarray, weight: Optional[np.ndarray], spec: str, cfg: RestoreTrainConfig,
-                 device: torch.device) -> str:
+def _fingerprint(g: UNet, spec: str, cfg: RestoreTrainConfig, device: torch.device,
+                 data: dict[str, Optional[np.ndarray]]) -> str:
+    """What a run's result depends on: config, corruption, its data arrays (None ones skipped), start, code, device."""
     conf = {k: v for k, v in asdict(cfg).items() if k != "checkpoint_every"}
     fp = checkpoint.Fingerprint(repr(sorted(conf.items())) + spec, device)
     fp.code([sys.modules[__name__], corruptions, sys.modules[UNet.__module__]])
-    for name, t in [("clean", clean), *(() if weight is None else [("weight", weight)]), *g.state_dict().items()]:
+    for name, t in [*((k, v) for k, v in data.items() if v is not None), *g.state_dict().items()]:
         fp.tensor(name, t)
     return fp.hexdigest()
 
@@ -77,7 +78,7 @@ def train_restorer(clean: np.ndarray, spec: str, cfg: RestoreTrainConfig, device
     g = g if g is not None else UNet(RestorerConfig(clean.shape[1], clean.shape[2], cfg.width))
     d = PatchDiscriminator(g.cfg)
     adv = cfg.adv_weight if weight is None else 0.0
-    fp = _fingerprint(g, clean, weight, spec, cfg, device) if ckpt_path is not None else ""
+    fp = _fingerprint(g, spec, cfg, device, {"clean": clean, "weight": weight}) if ckpt_path is not None else ""
     g.to(device).train(), d.to(device).train()
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
@@ -152,8 +153,8 @@ def meta_restorer(x: np.ndarray, y: np.ndarray, spec: str, cfg: RestoreTrainConf
     meta = {k: v.clone() for k, v in g.state_dict().items()}
     fp = ""
     if ckpt_path is not None:
-        fp = _fingerprint(g, x, y[:, None, None, None].astype(np.int64), f"{spec}|meta|{episodes}|{inner_steps}|"
-                          f"{outer_lr}|{task_images}", cfg, device)
+        fp = _fingerprint(g, f"{spec}|meta|{episodes}|{inner_steps}|{outer_lr}|{task_images}", cfg, device,
+                          {"x": x, "y": y.astype(np.int64)})
     start, state = 0, checkpoint.load(ckpt_path, fp, "restore meta")
     if state is not None:
         meta, start = state["meta"], int(state["episode"])
