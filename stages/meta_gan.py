@@ -32,7 +32,7 @@ def meta_gan(source: ImageSet, params: Params, classifier: Path, device: torch.d
     p, m = params.gan, params.meta
     if p.init != "meta":
         return {"placeholder": f"gan.init is {p.init!r}: no meta-learned start was needed"}
-    ways, shots = episode_shape(params.data, m)
+    ways, shots = episode_shape(params.data, m, len(source.class_names))
     start = meta_train(source, p, m, ways, shots, device, ckpt_dir / "meta_gan.pt")
     model, _, _ = load_classifier(classifier)
 
@@ -56,7 +56,8 @@ def main() -> None:
         print(f"meta_gan: {blob['placeholder']} -> placeholder {OUT}")
         return
     c, s = blob["chosen"], blob["summary"]
-    print(f"meta_gan: {s['episodes']} episodes over {s['train_classes']} source classes in {s['seconds']} s; "
+    print(f"meta_gan: {s['episodes']} {s['ways']}-way {s['shots']}-shot episodes over {s['train_classes']} source "
+          f"classes in {s['seconds']} s; "
           f"meta-validation chose lr {c['lr']:g}, decay {c['lr_gamma']:g}, {c['steps']} target steps "
           f"(KID {c['kid']:.4f}) -> {OUT}")
 

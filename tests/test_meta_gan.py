@@ -11,10 +11,10 @@ import torch
 
 from conftest import DVC, TINY_REPRO_GROUP, pipeline_env, run
 from ganaug.config.errors import DataError
-from ganaug.config.params import GanParams, MetaParams, parse_params, ParamsError
+from ganaug.config.params import DataParams, GanParams, MetaParams, parse_params, ParamsError
 from ganaug.io.data import ImageSet, load_digits_set
 from ganaug.train.gan import CLASS_SPECIFIC, train_gan, with_meta_choice
-from ganaug.train.meta_gan import draw_task, meta_train, meta_validate, reptile_update, split_classes
+from ganaug.train.meta_gan import draw_task, episode_shape, meta_train, meta_validate, reptile_update, split_classes
 
 CPU = torch.device("cpu")
 TINY_GAN = GanParams(z_dim=8, g_width=8, d_width=8, batch_size=6, ema_start=1)
@@ -48,6 +48,19 @@ def test_episodes_are_seeded_and_keep_meta_validation_classes_apart(digits):
     assert not any(bytes(r) in shot_rows for r in a.rest.x.reshape(len(a.rest.x), -1))  # reference images apart
     with pytest.raises(DataError, match="lower meta.ways"):
         split_classes(ImageSet(digits.x[:40], digits.y[:40] % 5, [str(k) for k in range(5)]), TINY_META, ways=3)
+
+
+def test_episodes_take_as_many_target_classes_as_the_source_can_spare():
+    data = DataParams(target_classes=[5, 6, 7, 8, 9], shots=4)
+    m = MetaParams()  # ways and shots null: the target's, fitted to the source
+    assert episode_shape(data, m, 155) == (5, 4)  # omniglot: the target's shape
+    assert episode_shape(data, m, 5) == (2, 4)  # 5 source classes: 2 meta-train, 2+ held out, 2-way episodes
+    for k in (2, 3, 5, 8, 12):
+        ways, _ = episode_shape(data, m, k)
+        train_c, val_c = split_classes(ImageSet(np.zeros((k, 1, 2, 2), np.uint8), np.arange(k), [str(c) for c in range(k)]),
+                                       m, ways)
+        assert len(train_c) >= ways and len(val_c) >= ways  # the fitted shape always fits
+    assert episode_shape(data, MetaParams(ways=3, shots=2), 5) == (3, 2)  # set by hand: as asked
 
 
 def test_meta_training_resumes_bit_exactly(digits, tmp_path):
@@ -94,13 +107,15 @@ def test_meta_params_validate():
 def test_exp_run_with_meta_init_end_to_end(tiny_repro_copy):
     project = tiny_repro_copy  # digits: 5 source classes, so 2-way tasks (2 classes kept for meta-validation)
     assert "placeholder" in torch.load(project / "models/gan_meta.pt", weights_only=True)
-    out = run(DVC + ["exp", "run", "-S", "gan.init=meta", "-S", "meta.ways=2", "-S", "meta.episodes=3",
+    out = run(DVC + ["exp", "run", "-S", "gan.init=meta", "-S", "meta.episodes=3",
                      "-S", "meta.inner_steps=2", "-S", "meta.val_tasks=1", "-S", "meta.steps_grid=[3,6]",
                      "-S", "meta.lr_factors=[1.0]", "-S", "meta.gamma_grid=[0.0]", "--name", "meta"],
               project, env=pipeline_env())
     ran = set(re.findall(r"Running stage '([^']+)'", out.stdout))
     assert {"meta_gan", "train_gan", "synthesize", "evaluate"} <= ran and not {"prepare", "pretrain"} & ran
     assert "placeholder" in torch.load(project / "models/gan_source.pt", weights_only=True)  # no source GAN needed
-    chosen = json.loads((project / "metrics/meta.json").read_text())["chosen"]
+    meta = json.loads((project / "metrics/meta.json").read_text())
+    chosen = meta["chosen"]
+    assert meta["summary"]["ways"] == 2  # fitted to the 5 source classes without being asked
     gan = torch.load(project / "models/gan.pt", weights_only=True)
     assert gan["params"]["init"] == "meta" and gan["step"] == chosen["steps"] in (3, 6)

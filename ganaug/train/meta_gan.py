@@ -53,15 +53,26 @@ class Task:
     rest: ImageSet  # the other images of the same classes (meta-validation's reference)
 
 
-def episode_shape(data: DataParams, m: MetaParams) -> tuple[int, int]:
-    """(ways, shots) of an episode: the target task's unless meta.ways / meta.shots say otherwise."""
-    return m.ways or len(data.target_classes or []), m.shots or data.shots
+def episode_shape(data: DataParams, m: MetaParams, n_source_classes: int) -> tuple[int, int]:
+    """(ways, shots) of an episode: `meta.ways` / `meta.shots` when set, else the target task's shots and as many
+    of its classes as the source can give while keeping meta-validation classes apart (class embeddings start
+    afresh on the target, so episodes may have fewer classes than it: 5 source classes give 2-way episodes)."""
+    shots = m.shots or data.shots
+    if m.ways:
+        return m.ways, shots
+    target_ways = len(data.target_classes or [])
+    fitting = [w for w in range(1, target_ways + 1) if n_source_classes - _n_val(n_source_classes, m, w) >= w]
+    return (max(fitting) if fitting else target_ways), shots
+
+
+def _n_val(k: int, m: MetaParams, ways: int) -> int:
+    return max(ways, int(round(k * m.val_fraction)))
 
 
 def split_classes(source: ImageSet, m: MetaParams, ways: int) -> tuple[np.ndarray, np.ndarray]:
     """(meta-training classes, meta-validation classes): a seeded `val_fraction` of the source classes held out."""
     k = len(source.class_names)
-    n_val = max(ways, int(round(k * m.val_fraction)))
+    n_val = _n_val(k, m, ways)
     if k - n_val < ways:
         raise DataError(f"meta: the source has {k} classes; {ways}-way episodes need at least {2 * ways} "
                         f"(meta-training and meta-validation classes apart): lower meta.ways (class embeddings start "
@@ -148,7 +159,7 @@ def meta_train(source: ImageSet, p: GanParams, m: MetaParams, ways: int, shots: 
         reptile_update(meta["discriminator"], trainer.d_net.state_dict(), eps)
         if ckpt_path is not None and (ep + 1) % m.checkpoint_every == 0 and ep + 1 < m.episodes:
             checkpoint.save(ckpt_path, {**meta, "episode": ep + 1}, fp)
-    summary = {"episodes": m.episodes, "resumed_from": start, "seconds": round(time.perf_counter() - t0, 2),
+    summary = {"episodes": m.episodes, "ways": ways, "shots": shots, "resumed_from": start, "seconds": round(time.perf_counter() - t0, 2),
                "train_classes": len(train_classes), "val_classes": [source.class_names[c] for c in val_classes]}
     if end < m.episodes:
         return {"summary": {**summary, "stopped": True}}
