@@ -2,7 +2,8 @@
 
 Each task is `dvc --wait-for-lock repro --single-item <stage>`: DVC decides
 whether the stage is stale, runs it or skips it (up to date, or restored from
-its run cache), and the task reports which. Stage output is streamed into the
+its run cache), and the task reports which, from `dvc.lock` and the stage's
+outputs (`pipeline/outcome.py`). Stage output is streamed into the
 Prefect log line by line; a failing stage is retried with exponential back-off
 and, when the retries are spent, fails the flow with the tail of its stderr.
 A stage that exits with the user-error code (2: bad params, bad data; one line
@@ -29,6 +30,7 @@ from pipeline.dag import StageDag, read_dag
 from pipeline.dvc_cli import (STOPPED, describe, dvc_args, run_streaming, stop_all, stop_reason,
                               terminate_children_on_sigterm)
 from pipeline.models import RunSummary, StageResult
+from pipeline.outcome import classify, snapshot
 from pipeline.overrides import format_overrides
 from pipeline.report import publish
 from pipeline.run_params import AugmentParams
@@ -63,17 +65,6 @@ def retry_unless_user_error(task_: Task, task_run, state) -> bool:
     return not isinstance(state.data, StageUserError) and stop_reason() is None
 
 
-def classify(stdout: list[str]) -> tuple[str, str]:
-    """(status, detail) from `dvc repro --single-item` output."""
-    if any(line.startswith("Running stage '") for line in stdout):
-        return "ran", "ran"
-    if any("is cached - skipping run" in line for line in stdout):
-        return "skipped", "restored from run cache"
-    if any("didn't change, skipping" in line for line in stdout):
-        return "skipped", "up to date"
-    return "skipped", "nothing to do"
-
-
 @task(name="dvc-stage", task_run_name="{stage}", cache_policy=NO_CACHE, tags=["ganaug"])
 def run_stage(stage: str, workdir: str, threads: Optional[int] = None) -> StageResult:
     """`dvc repro --single-item stage` in `workdir`, its output streamed into the Prefect log.
@@ -88,6 +79,7 @@ def run_stage(stage: str, workdir: str, threads: Optional[int] = None) -> StageR
         if line.strip():
             logger.info("%s%s", "[stderr] " if stream == "stderr" else "", line)
 
+    before = snapshot(Path(workdir), stage)
     started = time.time()
     out = run_streaming(args, Path(workdir), log_line, {"GANAUG_THREADS": str(threads)} if threads else None)
     finished = time.time()
@@ -102,7 +94,7 @@ def run_stage(stage: str, workdir: str, threads: Optional[int] = None) -> StageR
                                  f"{errors[-1] if errors else tail}")
         logger.error("stage %s failed (dvc exit %d); last stderr lines:\n%s", stage, out.returncode, tail)
         raise StageFailed(f"stage '{stage}' failed (dvc exit {out.returncode}); last stderr lines:\n{tail}")
-    status, detail = classify(out.stdout)
+    status, detail = classify(before, snapshot(Path(workdir), stage), out.stdout)
     result = StageResult(stage=stage, status=status, detail=detail, seconds=round(finished - started, 3),
                          started=started, finished=finished)
     logger.info("stage %s: %s in %.1f s", stage, result.outcome(), result.seconds)
@@ -146,7 +138,26 @@ def open_workspace(project: Path, params: AugmentParams,
                    log: Callable[[str], None]) -> AbstractContextManager[Workspace]:
     if params.is_experiment:
         return experiment_workspace(project, params.overrides, log)
-    return project_workspace(project, log)
+    return project_workspace(project, log, show_waiting)
+
+
+WAITING_STATE = "AwaitingWorkspaceLock"
+
+
+def show_waiting(why: Optional[str]) -> None:
+    """While this flow run waits for the workspace lock, its state is named `AwaitingWorkspaceLock` (with `why`
+    as the message), then `Running` again. The type stays RUNNING: Prefect refuses to move a running flow run
+    back to a waiting type, but the UI and `prefect flow-run ls` show the name."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+    from prefect.states import Running
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return
+    state = Running(name=WAITING_STATE, message=why) if why else Running()
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(ctx.flow_run.id, state)  # not forced: a cancelling run stays cancelling
 
 
 @contextmanager

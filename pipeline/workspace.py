@@ -63,16 +63,25 @@ def find_project(repo: str | Path) -> Path:
 
 
 @contextmanager
-def file_lock(path: Path, log: Callable[[str], None], waiting_for: str) -> Iterator[None]:
-    """Hold an exclusive `flock` on `path`; wait (saying so) while another process or thread holds it."""
+def file_lock(path: Path, log: Callable[[str], None], waiting_for: str,
+              waiting: Optional[Callable[[Optional[str]], None]] = None) -> Iterator[None]:
+    """Hold an exclusive `flock` on `path`; wait (saying so) while another process or thread holds it.
+
+    `waiting(why)` is called before a wait and `waiting(None)` after it (the flow shows the wait in Prefect).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            log(f"{path} is held ({fh.read().strip() or 'unknown'}); waiting for {waiting_for}")
+            why = f"{path} is held ({fh.read().strip() or 'unknown'}); waiting for {waiting_for}"
+            log(why)
+            if waiting is not None:
+                waiting(why)
             fcntl.flock(fh, fcntl.LOCK_EX)
+            if waiting is not None:
+                waiting(None)
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()}\n")
@@ -84,15 +93,17 @@ def file_lock(path: Path, log: Callable[[str], None], waiting_for: str) -> Itera
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def workspace_lock(project: Path, log: Callable[[str], None]) -> AbstractContextManager[None]:
+def workspace_lock(project: Path, log: Callable[[str], None],
+                   waiting: Optional[Callable[[Optional[str]], None]] = None) -> AbstractContextManager[None]:
     """The project's flow lock: one flow run at a time in the workspace."""
-    return file_lock(project / LOCK_FILE, log, "the other flow run on this workspace to finish")
+    return file_lock(project / LOCK_FILE, log, "the other flow run on this workspace to finish", waiting)
 
 
 @contextmanager
-def project_workspace(project: Path, log: Callable[[str], None]) -> Iterator[Workspace]:
+def project_workspace(project: Path, log: Callable[[str], None],
+                      waiting: Optional[Callable[[Optional[str]], None]] = None) -> Iterator[Workspace]:
     """The user's own workspace, locked for this flow run."""
-    with workspace_lock(project, log):
+    with workspace_lock(project, log, waiting):
         yield Workspace(project=project, root=project, is_experiment=False)
 
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
-    FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId,
+    FlowRunFilter, FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateName, LogFilter, LogFilterFlowRunId,
 )
 from prefect.client.schemas.sorting import TaskRunSort
 from prefect.logging.handlers import APILogHandler
@@ -28,9 +28,11 @@ from prefect.testing.utilities import prefect_test_harness
 from conftest import TINY_PARAMS, make_project
 from pipeline.dag import parse_dot, read_dag
 from pipeline.deploy import DEFAULT_CRON, MANUAL, NIGHTLY, build_deployments
-from pipeline.flow import augment, dask_task_runner
+from pipeline.flow import WAITING_STATE, augment, dask_task_runner
+from pipeline.outcome import classify, snapshot
 from pipeline.report import PER_CLASS_KEY, REPORT_KEY
 from pipeline.run_params import AugmentParams
+from pipeline.workspace import workspace_lock
 from ganaug.config.params import Params
 
 # `pytest -n 2 --dist loadgroup` (`make test`): the Prefect tests (flow and CLI) on one worker, next to the
@@ -210,6 +212,31 @@ def test_parse_dot_orders_topologically_whatever_the_listing_order():
     assert dag.order == ("a", "b", "c", "x@1")
 
 
+def test_stage_outcomes_come_from_the_lock_file_and_the_outputs(tmp_path):
+    repo = make_toy_repo(tmp_path / "toy", ONE_STAGE)
+
+    def repro() -> tuple[str, str]:
+        before = snapshot(repo, "prepare")
+        out = subprocess.run(DVC + ["repro", "--single-item", "prepare"], cwd=repo, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return classify(before, snapshot(repo, "prepare"), out.stdout.splitlines())
+
+    assert snapshot(repo, "prepare").entry is None  # never ran: no lock entry
+    assert repro() == ("ran", "ran")
+    assert repro() == ("skipped", "up to date")
+    shots = (repo / "data/prepared/train.txt").read_text()
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["shots"] += 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert repro() == ("ran", "ran")  # a new param: a new lock entry
+    assert (repo / "data/prepared/train.txt").read_text() != shots
+    params["data"]["shots"] -= 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert repro() == ("skipped", "restored from run cache")  # the first run's outputs, back from DVC's cache
+    assert (repo / "data/prepared/train.txt").read_text() == shots
+    assert repro() == ("skipped", "up to date")
+
+
 # --- the real pipeline on tiny params ---------------------------------------------------------------
 
 def dvc_api_edges(project: Path) -> set[tuple[str, str]]:
@@ -373,6 +400,32 @@ def test_two_flow_runs_at_once_are_serialised(tmp_path, prefect_api, monkeypatch
     assert set(second.status_of().values()) == {"skipped"}
     assert second.stages[0].started >= first.stages[-1].finished  # one whole run after the other
     assert "up to date" in dvc(repo, "status")
+
+
+def flow_runs_in_state(name: str) -> list:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(name=FlowRunFilterStateName(any_=[name]))))
+
+
+def test_a_run_waiting_for_the_workspace_shows_as_waiting_in_prefect(tmp_path, prefect_api):
+    repo = make_toy_repo(tmp_path / "toy", ONE_STAGE)
+    result: dict = {}
+    run = threading.Thread(target=lambda: result.update(state=augment(params={"repo": str(repo), "retries": 0},
+                                                                       return_state=True)))
+    with workspace_lock(repo, lambda _: None):  # another run holds the workspace
+        run.start()
+        waiting = eventually(lambda: flow_runs_in_state(WAITING_STATE), timeout=120)
+        assert len(waiting) == 1 and "waiting for the other flow run" in waiting[0].state.message
+        assert not (repo / "data/prepared").exists()  # nothing ran while it waited
+    run.join()
+    state = result["state"]
+    assert state.is_completed(), state.message
+    with get_client(sync_client=True) as client:
+        history = sorted(client.read_flow_run_states(state.state_details.flow_run_id), key=lambda s: s.timestamp)
+    names = [s.name for s in history]
+    assert names[names.index(WAITING_STATE):] == [WAITING_STATE, "Running", "Completed"], names
+    assert (repo / "data/prepared/train.txt").is_file()  # and then it ran
 
 
 def test_experiments_saved_at_the_same_moment_from_two_workspaces_both_land(tmp_path):
