@@ -1,4 +1,5 @@
-"""`ganaug run` (one flow run now) and `ganaug serve` (the nightly and the manual deployment);
+"""`ganaug run` (one flow run now), `ganaug serve` (the nightly and the manual deployment), `ganaug queue`
+(DVC's experiment queue with each experiment's stages given their share of the cores);
 `ganaug sample` and `ganaug evaluate` (`ganaug/tools/artifact_cli.py`) use a trained GAN or classifier directly.
 
 Exit codes of `ganaug run`: 0 the flow run completed, 1 it failed (a stage
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 from typing import Any, Optional, Sequence
@@ -58,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(serve)
     serve.add_argument("--cron", default=None, help="nightly schedule (default: '0 2 * * *')")
     serve.add_argument("--timezone", default=None, help="timezone of the schedule (default: UTC)")
+
+    queue = sub.add_parser("queue", help="start DVC's experiment queue (`dvc queue start -j N`), each experiment's "
+                                         "stages given their share of the cores (GANAUG_THREADS = cores / N)")
+    queue.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="experiments at once (default 1)")
+    queue.add_argument("--repo", default=".", help="the ganaug project (default: current directory)")
 
     from ganaug.tools.artifact_cli import add_parsers  # `sample`, `evaluate`: the same core code as the stages
     add_parsers(sub)
@@ -153,6 +160,26 @@ def _run_flow(args: argparse.Namespace, params: AugmentParams) -> int:
     return 0
 
 
+def cmd_queue(args: argparse.Namespace) -> int:
+    """`dvc queue start -j N` with GANAUG_THREADS set for the workers, which pass it to every stage they run.
+
+    A GANAUG_THREADS already set is kept. The share depends only on N and the cores, never on what else is
+    running, so an experiment's results do not depend on the load (they do depend on the thread count).
+    """
+    from pipeline.dvc_cli import command_env, dvc_args, thread_share
+
+    if args.jobs < 1:
+        raise OverrideError(f"--jobs: expected a positive number of experiments at once, got {args.jobs}")
+    project = find_project(args.repo)
+    threads = os.environ.get("GANAUG_THREADS") or str(thread_share(args.jobs))
+    proc = subprocess.run(dvc_args("queue", "start", "-j", str(args.jobs), wait_for_lock=False), cwd=project,
+                          env=command_env({"GANAUG_THREADS": threads}))
+    if proc.returncode == 0:
+        print(f"ganaug queue: {args.jobs} worker(s), GANAUG_THREADS={threads} for each experiment's stages "
+              f"({os.cpu_count()} cores); follow with `dvc queue status`, results in `dvc exp show`")
+    return proc.returncode
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from pipeline.deploy import DEFAULT_CRON, DEFAULT_TIMEZONE, MANUAL, NIGHTLY, serve_deployments
@@ -170,7 +197,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from ganaug.tools.artifact_cli import run as run_artifact_command
         return run_artifact_command(args)
     try:
-        return cmd_run(args) if args.command == "run" else cmd_serve(args)
+        commands = {"run": cmd_run, "serve": cmd_serve, "queue": cmd_queue}
+        return commands[args.command](args)
     except (OverrideError, WorkspaceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

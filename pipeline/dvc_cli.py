@@ -34,6 +34,11 @@ def command_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     return env
 
 
+def thread_share(processes: int) -> int:
+    """Torch threads for each of `processes` stage processes running at once: the cores split between them."""
+    return max(1, (os.cpu_count() or 1) // max(1, processes))
+
+
 def dvc_args(*args: str, wait_for_lock: bool = True) -> list[str]:
     """`python -m dvc [--wait-for-lock] args...` with the flow's interpreter."""
     return [sys.executable, "-m", "dvc", *(["--wait-for-lock"] if wait_for_lock else []), *args]

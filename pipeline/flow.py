@@ -28,7 +28,7 @@ from prefect.tasks import Task, exponential_backoff
 
 from pipeline.dag import StageDag, read_dag
 from pipeline.dvc_cli import (STOPPED, describe, dvc_args, run_streaming, stop_all, stop_reason,
-                              terminate_children_on_sigterm)
+                              terminate_children_on_sigterm, thread_share)
 from pipeline.models import RunSummary, StageResult
 from pipeline.outcome import classify, snapshot
 from pipeline.overrides import format_overrides
@@ -131,7 +131,7 @@ def stage_threads(dag: StageDag) -> Optional[int]:
     width = max(len(level) for level in dag.levels())
     if os.environ.get("GANAUG_THREADS") or width < 2:
         return None
-    return max(1, (os.cpu_count() or 1) // width)
+    return thread_share(width)
 
 
 def open_workspace(project: Path, params: AugmentParams,

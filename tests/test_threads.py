@@ -2,9 +2,11 @@
 splits the cores between the stages that run at once."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -52,3 +54,62 @@ def test_torch_in_this_process_is_left_alone_without_the_variable(monkeypatch):
     monkeypatch.delenv("GANAUG_THREADS", raising=False)
     before = torch.get_num_threads()
     assert configure_threads(torch.device("cpu")) == before == torch.get_num_threads()
+
+
+QUEUE_STAGE = """\
+stages:
+  threads:
+    cmd: python threads.py
+    deps: [threads.py]
+    params: [seed]
+    metrics:
+      - threads.json:
+          cache: false
+"""
+
+
+QUEUE_SCRIPT = """\
+import json, torch
+from ganaug.train.runtime import configure_threads
+json.dump({"threads": configure_threads(torch.device("cpu"))}, open("threads.json", "w"))
+"""
+
+
+def _run(cmd: list[str], cwd, env=None) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_ganaug_queue_gives_each_queued_experiment_its_share_of_the_cores(tmp_path):
+    dvc, repo = [sys.executable, "-m", "dvc"], tmp_path / "repo"
+    repo.mkdir()
+    (repo / "dvc.yaml").write_text(QUEUE_STAGE)
+    (repo / "params.yaml").write_text("seed: 0\n")
+    (repo / "threads.py").write_text(QUEUE_SCRIPT)
+    for cmd in (["git", "init", "-q"], dvc + ["init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "init"]):
+        _run(cmd, repo)
+    for seed in (1, 2):
+        _run(dvc + ["exp", "run", "--queue", "-S", f"seed={seed}", "--name", f"seed{seed}"], repo)
+    env = {k: v for k, v in os.environ.items() if k != "GANAUG_THREADS"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = _run([sys.executable, "-m", "pipeline", "queue", "-j", "2"], repo, env)
+    share = max(1, (os.cpu_count() or 1) // 2)
+    assert f"GANAUG_THREADS={share}" in out
+
+    def finished() -> dict[str, int]:
+        rows = json.loads(_run(dvc + ["exp", "show", "--json"], repo))
+        done = {}
+        for row in rows:
+            for exp in row.get("experiments") or []:
+                for rev in exp.get("revs") or []:
+                    metrics = ((rev.get("data") or {}).get("metrics") or {}).get("threads.json") or {}
+                    if "data" in metrics:
+                        done[rev.get("name")] = metrics["data"]["threads"]
+        return done
+
+    deadline = time.monotonic() + 300  # the queue works in the background
+    while len(finished()) < 2 and time.monotonic() < deadline:
+        time.sleep(2)
+    assert finished() == {"seed1": share, "seed2": share}, _run(dvc + ["queue", "status"], repo)
