@@ -168,6 +168,8 @@ def plot_curves(kid: dict, cas: dict, real_acc: float, path: Path) -> None:
     from ganaug.io.pictures import pyplot
 
     plt = pyplot()
+    from matplotlib.ticker import FuncFormatter
+
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
     for ax, data, title in ((axes[0], kid, "KID (lower is better)"), (axes[1], cas, "CAS accuracy (higher is better)")):
         for name, by_step in data.items():
@@ -177,8 +179,13 @@ def plot_curves(kid: dict, cas: dict, real_acc: float, path: Path) -> None:
             ax.plot(steps, m, marker="o", label=name)
             ax.fill_between(steps, m - h, m + h, alpha=0.2)
         ax.set_xscale("log")
+        ax.set_xticks(steps, [str(s) for s in steps])  # plain labels: pictures.pyplot() turns mathtext off
+        ax.minorticks_off()
         ax.set_xlabel("target adaptation steps")
         ax.set_title(title, fontsize=10)
+    axes[0].set_yscale("log")
+    axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axes[0].yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     axes[1].axhline(real_acc, color="gray", linestyle="--", label="real shots")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
