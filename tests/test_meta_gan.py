@@ -46,6 +46,8 @@ def test_episodes_are_seeded_and_keep_meta_validation_classes_apart(digits):
     assert sorted(a.shots.y.tolist()) == [0, 0, 0, 1, 1, 1] and set(a.shots.class_names) <= {str(c) for c in train_c}
     shot_rows = {bytes(r) for r in a.shots.x.reshape(6, -1)}
     assert not any(bytes(r) in shot_rows for r in a.rest.x.reshape(len(a.rest.x), -1))  # reference images apart
+    capped = draw_task(digits, train_c, 2, 3, np.random.default_rng([0, 1]), max_rest=4)  # meta-validation's cap
+    assert np.array_equal(capped.shots.x, a.shots.x) and np.bincount(capped.rest.y).tolist() == [4, 4]
     with pytest.raises(DataError, match="lower meta.ways"):
         split_classes(ImageSet(digits.x[:40], digits.y[:40] % 5, [str(k) for k in range(5)]), TINY_META, ways=3)
 

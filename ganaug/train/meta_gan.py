@@ -82,8 +82,10 @@ def split_classes(source: ImageSet, m: MetaParams, ways: int) -> tuple[np.ndarra
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def draw_task(source: ImageSet, classes: np.ndarray, ways: int, shots: int, rng: np.random.Generator) -> Task:
-    """A `ways`-way `shots`-shot task from `classes` (relabelled 0..ways-1), and the rest of those classes' images."""
+def draw_task(source: ImageSet, classes: np.ndarray, ways: int, shots: int, rng: np.random.Generator,
+              max_rest: Optional[int] = None) -> Task:
+    """A `ways`-way `shots`-shot task from `classes` (relabelled 0..ways-1), and the rest of those classes' images
+    (at most `max_rest` of each, drawn at random)."""
     picked = rng.choice(classes, ways, replace=False)
     s_idx, r_idx, s_y, r_y = [], [], [], []
     for new, c in enumerate(picked):
@@ -91,11 +93,15 @@ def draw_task(source: ImageSet, classes: np.ndarray, ways: int, shots: int, rng:
         if len(idx) < shots + 1:
             raise DataError(f"meta: source class {source.class_names[c]!r} has {len(idx)} images, "
                             f"fewer than meta shots + 1 = {shots + 1}")
-        s_idx.append(idx[:shots]), r_idx.append(idx[shots:])
-        s_y.append(np.full(shots, new)), r_y.append(np.full(len(idx) - shots, new))
+        rest = idx[shots:] if max_rest is None else idx[shots:shots + max_rest]
+        s_idx.append(idx[:shots]), r_idx.append(rest)
+        s_y.append(np.full(shots, new)), r_y.append(np.full(len(rest), new))
     names = [source.class_names[c] for c in picked]
     return Task(ImageSet(source.x[np.concatenate(s_idx)], np.concatenate(s_y), names),
                 ImageSet(source.x[np.concatenate(r_idx)], np.concatenate(r_y), names))
+
+
+KID_REFERENCE_PER_CLASS = 100  # meta-validation's KID reference (and its samples) per class: Fashion-MNIST has 6,000
 
 
 def inner_params(p: GanParams, steps: int, lr: float, gamma: float, seed: int) -> GanParams:
@@ -176,7 +182,8 @@ def meta_validate(start: dict, source: ImageSet, val_classes: np.ndarray, p: Gan
     cfg = GanConfig(**start["config"])
     checkpoints, grid = sorted(set(m.steps_grid)), {}
     for t in range(m.val_tasks):
-        task = draw_task(source, val_classes, ways, shots, np.random.default_rng([m.seed, 10_000 + t]))
+        task = draw_task(source, val_classes, ways, shots, np.random.default_rng([m.seed, 10_000 + t]),
+                         max_rest=KID_REFERENCE_PER_CLASS)
         ref = features(to_float(task.rest.x))
         labels = torch.as_tensor(task.rest.y, dtype=torch.long)
         for lr, gamma in itertools.product([m.inner_lr * f for f in m.lr_factors], m.gamma_grid):
