@@ -190,9 +190,20 @@ def run_grid(datasets: list[str], shots: list[int], seeds: list[int], overrides:
             continue
         groups += [Group(d, s, sorted(shots), base, data, overrides, work / f"{d}-seed{s}", threads) for s in seeds]
     t0 = time.perf_counter()
+    failed: dict[str, str] = {}
+
+    def run_or_record(g: Group) -> list[dict]:
+        """One group's cells; a failed `dvc repro` is recorded and the grid goes on (its other cells count)."""
+        try:
+            return run_group(g)
+        except RuntimeError as exc:
+            failed[f"{g.dataset} seed {g.seed}"] = str(exc).splitlines()[-1] if str(exc) else type(exc).__name__
+            print(f"uplift: {g.dataset} seed {g.seed} FAILED: {exc}", flush=True)
+            return []
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # each group's work runs in DVC's subprocesses
-        cells = [c for group in pool.map(run_group, groups) for c in group]
-    return {"cells": cells, "skipped": skipped, "params": deep_update(base, overrides),
+        cells = [c for group in pool.map(run_or_record, groups) for c in group]
+    return {"cells": cells, "skipped": skipped, "failed": failed, "params": deep_update(base, overrides),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -324,6 +335,7 @@ def render(run: dict, mode: str, command: str) -> str:
         "model as its judge).",
     ]
     out += [f"- Skipped {d}: {why}" for d, why in run["skipped"].items()]
+    out += [f"- **Failed** {what} (left out of every table): {why}" for what, why in run.get("failed", {}).items()]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         out += ["", f"### {dataset}", "", markdown_table(
             ["shots", "variant", "macro-F1", "accuracy", "Δ F1 vs real-only", "Δ acc vs real-only",
