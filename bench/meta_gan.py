@@ -48,17 +48,16 @@ def main(argv: list[str] | None = None) -> None:
     from ganaug.config.params import parse_params
     from ganaug.io.data import ImageSet, LoadOptions, load_dataset, to_float, to_uint8
     from ganaug.io.pictures import grid_images
-    from ganaug.judge.metrics import classification_metrics
+    from ganaug.judge.feature_metrics import kid
     from ganaug.nets.classifier import save_classifier
+    from ganaug.nets.gan import GanConfig, sample
     from ganaug.tools.compare_samples import plot_panels
     from ganaug.train.finetune import finetune
-    from ganaug.train.fit import predict
-    from ganaug.judge.feature_metrics import kid
-    from ganaug.nets.gan import GanConfig, sample
     from ganaug.train.fit import embed
     from ganaug.train.gan import train_gan
     from ganaug.train.meta_gan import adapt, draw_task, inner_params, meta_train, meta_validate
     from ganaug.train.runtime import configure_threads
+    from stages.gan_metrics import accuracy_of
     from stages.pretrain import pretrain
 
     cpu = torch.device("cpu")
@@ -80,8 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     def accuracy(train: ImageSet, test: ImageSet) -> float:
         """CAS-style score: the source classifier fine-tuned on `train` only, accuracy on `test`."""
         model, _, _ = finetune(clf_path, train, params.finetune, cpu)
-        pred = predict(model, to_float(test.x), 512, cpu).argmax(1).numpy()
-        return classification_metrics(test.y, pred, test.class_names)["accuracy"]
+        return accuracy_of(model, test, 512, cpu)["accuracy"]
 
     def features(x: torch.Tensor) -> np.ndarray:
         return embed(clf, x, 512, cpu).numpy()
@@ -163,7 +161,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def plot_curves(kid: dict, cas: dict, real_acc: float, path: Path) -> None:
     """KID and CAS (mean over tasks, 95% band) against target steps, one line per start."""
-    from bench.common import mean_ci
     from ganaug.io.atomic import atomic_file
     from ganaug.io.pictures import pyplot
 

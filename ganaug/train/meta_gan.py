@@ -44,6 +44,8 @@ from ganaug.train import checkpoint
 from ganaug.train.gan import CLASS_SPECIFIC, BalancedBatches, GanTrainer
 from ganaug.train.runtime import progress, seed_everything
 
+KID_REFERENCE_PER_CLASS = 100  # meta-validation's KID reference (and its samples) per class: Fashion-MNIST has 6,000
+
 Features = Callable[[torch.Tensor], np.ndarray]  # images (N, C, S, S) in [-1, 1] -> features (N, F)
 
 
@@ -99,9 +101,6 @@ def draw_task(source: ImageSet, classes: np.ndarray, ways: int, shots: int, rng:
     names = [source.class_names[c] for c in picked]
     return Task(ImageSet(source.x[np.concatenate(s_idx)], np.concatenate(s_y), names),
                 ImageSet(source.x[np.concatenate(r_idx)], np.concatenate(r_y), names))
-
-
-KID_REFERENCE_PER_CLASS = 100  # meta-validation's KID reference (and its samples) per class: Fashion-MNIST has 6,000
 
 
 def inner_params(p: GanParams, steps: int, lr: float, gamma: float, seed: int) -> GanParams:
@@ -165,8 +164,8 @@ def meta_train(source: ImageSet, p: GanParams, m: MetaParams, ways: int, shots: 
         reptile_update(meta["discriminator"], trainer.d_net.state_dict(), eps)
         if ckpt_path is not None and (ep + 1) % m.checkpoint_every == 0 and ep + 1 < m.episodes:
             checkpoint.save(ckpt_path, {**meta, "episode": ep + 1}, fp)
-    summary = {"episodes": m.episodes, "ways": ways, "shots": shots, "resumed_from": start, "seconds": round(time.perf_counter() - t0, 2),
-               "train_classes": len(train_classes), "val_classes": [source.class_names[c] for c in val_classes]}
+    summary = {"episodes": m.episodes, "ways": ways, "shots": shots, "resumed_from": start,
+               "seconds": round(time.perf_counter() - t0, 2), "train_classes": len(train_classes), "val_classes": [source.class_names[c] for c in val_classes]}
     if end < m.episodes:
         return {"summary": {**summary, "stopped": True}}
     if ckpt_path is not None:
