@@ -17,7 +17,8 @@ The `distill` variants (dvc.yaml's second foreach) train on the real shots plus
 a second stream (`--extra`: `data/synthetic` and/or `data/prepared/source.npz`),
 each step a real batch of `finetune.batch_size` and a stream batch of
 `finetune.synth_batch`; the stream's images are labelled by the teacher
-(`finetune.teacher`: real-shot variants, their mean) at `finetune.temperature`,
+(`finetune.teacher`: real-shot variants, their mean; with `finetune.teacher_seeds` > 1
+also the same recipes at more seeds, from the stage `teachers`) at `finetune.temperature`,
 and/or by their hard labels (`finetune.synth_labels`), see `ganaug/train/streams.py`:
 
 | variant | second stream |
@@ -37,7 +38,7 @@ from ganaug.io.atomic import atomic_file
 from ganaug.io.data import load_training_set
 from ganaug.nets.classifier import load_classifier, save_classifier
 from ganaug.train.classical_aug import POLICIES, check_policy
-from ganaug.train.finetune import build_stream, finetune
+from ganaug.train.finetune import build_stream, finetune, teacher_paths
 from ganaug.train.runtime import pick_device
 
 
@@ -60,8 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device()
     stream = None
     if args.extra:
-        teachers = [Path(f"models/finetune/{t}.pt") for t in p.teacher]
-        stream = build_stream(args.extra, train, teachers, p, p.batch_size * 16, device, clf_path)
+        teachers = teacher_paths(p, Path("models/finetune"), Path("models/teachers"))
+        stream = build_stream(args.extra, train, teachers, p, p.batch_size * 16, device)
     model, cfg, summary = finetune(clf_path, train, p, device, live_dir=f"dvclive/finetune/{args.variant}",
                                    ckpt_path=Path(f"checkpoints/finetune/{args.variant}.pt"), augment=args.augment,
                                    stream=stream)
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
                         {"variant": args.variant, "train": " + ".join(map(str, args.train)), "train_images": len(train),
                          "augment": args.augment, "extra": [str(e) for e in args.extra],
                          "stream_images": summary["stream_images"],
-                         "teacher": list(p.teacher) if args.extra else []})
+                         "teacher": list(p.teacher) if args.extra else [],
+                         "teacher_seeds": p.teacher_seeds if args.extra else 0})
     extra = f", + {summary['stream_images']} stream images ({' + '.join(map(str, args.extra))})" if args.extra else ""
     print(f"finetune[{args.variant}]: {len(train)} training images{extra}, augment {args.augment}, "
           f"{summary['steps']} steps in {summary['seconds']}s -> {out}")

@@ -20,7 +20,7 @@ pytestmark = TINY_REPRO_GROUP
 FINETUNE = ("baseline", "classical", "augmented")  # real shots (augmented: the hard-label mixing ablation)
 DISTILL = ("gan", "source", "gan_source")  # real shots + a teacher-labelled second stream
 VARIANTS = FINETUNE + DISTILL
-ALL_STAGES = {"prepare", "pretrain", "restore", "pretrain_gan", "meta_gan", "train_gan", "synthesize", "concat",
+ALL_STAGES = {"prepare", "pretrain", "restore", "pretrain_gan", "meta_gan", "train_gan", "synthesize", "concat", "teachers",
               *(f"finetune@{v}" for v in FINETUNE), *(f"distill@{v}" for v in DISTILL), "evaluate", "gan_metrics"}
 
 
@@ -68,12 +68,13 @@ def test_repro_runs_everything_then_skips_then_reruns_only_downstream(tiny_repro
 
     # the classical policy is a param of the finetune group only: the classical variant changes, baseline and
     # augmented retrain to the same weights, so synthesize (judged by baseline) does not rerun, nor gan_metrics
-    # (whose CAS runs use no augmentation); distill@* do, since models/finetune/classical.pt can be a teacher
+    # (whose CAS runs use no augmentation); distill@* do, since models/finetune/classical.pt can be a teacher,
+    # and so does teachers (the classical recipe at more seeds)
     before = json.loads((project / "metrics/eval.json").read_text())
     set_params(project, {"finetune": {"augment": "randaugment"}})
     fourth = run(DVC + ["repro"], project, env=pipeline_env())
     assert ran_stages(fourth.stdout) == ({f"finetune@{v}" for v in FINETUNE} | {f"distill@{v}" for v in DISTILL}
-                                         | {"evaluate", "concat"})  # concat: its datasheet records every param
+                                         | {"teachers", "evaluate", "concat"})  # concat: its datasheet records every param
     assert "--augment randaugment" in fourth.stdout
     after = json.loads((project / "metrics/eval.json").read_text())
     assert after["baseline"] == before["baseline"] and after["augmented"] == before["augmented"]

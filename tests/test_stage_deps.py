@@ -27,9 +27,13 @@ NOT_USED = {
                                            "average_every")},
     # no --extra in this foreach group: the stream keys go into FitConfig but no stream is drawn
     "finetune": {f"finetune.{k}" for k in STREAM_KEYS},
+    # trains with --augment none; the classical recipe's policy reaches it through models/teachers and classical.pt
+    "distill": {"finetune.augment"},
+    # the seed teachers are real-shot variants too: no stream (teacher and teacher_seeds say which to train)
+    "teachers": {f"finetune.{k}" for k in STREAM_KEYS - {"teacher", "teacher_seeds"}},
     # CAS fine-tunes on one set, with no stream and no classical augmentation
     "gan_metrics": {f"finetune.{k}" for k in STREAM_KEYS | {"augment"}},
-    # inner_params() replaces these for every task (steps, learning rates, seed, no freezing or averaging)
+    # inner_config() replaces these for every task (steps, learning rates, seed, no freezing or averaging)
     "meta_gan": {f"gan.{k}" for k in ("steps", "lr_g", "lr_d", "lr_schedule", "lr_gamma", "freeze", "freeze_d_blocks",
                                        "alternate_steps", "average_last", "average_every", "seed", "init_checkpoint",
                                        "source_steps")} | {f"data.{k}" for k in SECTIONS["data"] - {"shots", "target_classes"}}

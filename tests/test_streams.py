@@ -13,9 +13,10 @@ from ganaug.config.errors import UserError
 from ganaug.config.params import FinetuneParams
 from ganaug.io.data import ImageSet, LoadOptions, load_digits_set, load_prepared, save_prepared, to_float
 from ganaug.nets.classifier import ClassifierConfig, build_classifier, load_classifier, save_classifier
-from ganaug.train.finetune import build_stream, finetune
+from ganaug.train.finetune import build_stream, finetune, teacher_paths
 from ganaug.train.fit import FitConfig, fit
 from ganaug.train.streams import Stream, stream_loss, teacher_probs
+from stages.teachers import train_teachers
 
 CPU = torch.device("cpu")
 
@@ -120,17 +121,24 @@ def test_teacher_seeds_average_the_teachers_recipe_over_more_seeds(tmp_path, dig
     pretrained = _classifier(tmp_path / "classifier.pt", 5, seed=0)
     p1 = FinetuneParams(steps=3, batch_size=4, source_images=20, seed=7, teacher=["baseline"])
     base_model, cfg, _ = finetune(pretrained, train, p1, CPU)  # the `baseline` variant at finetune.seed
-    base = tmp_path / "baseline.pt"
-    save_classifier(base, base_model, cfg, train.class_names, {"variant": "baseline"})
+    save_classifier(tmp_path / "baseline.pt", base_model, cfg, train.class_names, {"variant": "baseline"})
     save_prepared(tmp_path / "source.npz", ImageSet(digits.x[:50], digits.y[:50] % 5, [str(k) for k in range(5)]))
-    one = build_stream([tmp_path / "source.npz"], train, [base], p1, 64, CPU, pretrained)
+
+    assert train_teachers(pretrained, train, p1, CPU, tmp_path / "t1")["files"] == []  # teacher_seeds 1: the index alone
+    one = build_stream([tmp_path / "source.npz"], train, teacher_paths(p1, tmp_path, tmp_path / "t1"), p1, 64, CPU)
     p2 = p1.model_copy(update={"teacher_seeds": 2})
-    two = build_stream([tmp_path / "source.npz"], train, [base], p2, 64, CPU, pretrained)
+    assert train_teachers(pretrained, train, p2, CPU, tmp_path / "t2")["files"] == ["baseline_seed8.pt"]
+    paths = teacher_paths(p2, tmp_path, tmp_path / "t2")
+    assert paths == [tmp_path / "baseline.pt", tmp_path / "t2" / "baseline_seed8.pt"]
+    two = build_stream([tmp_path / "source.npz"], train, paths, p2, 64, CPU)
     again, _, _ = finetune(pretrained, train, p1.model_copy(update={"seed": 8}), CPU)  # the same recipe at seed + 1
     second = teacher_probs([again], one.x, p1.temperature, 64, CPU)
     assert torch.allclose(two.soft, (one.soft + second) / 2, atol=1e-6) and not torch.allclose(two.soft, one.soft)
-    with pytest.raises(UserError, match="teacher_seeds > 1 needs the pretrained classifier"):
-        build_stream([tmp_path / "source.npz"], train, [base], p2, 64, CPU)
+    # seed teachers made for other params are refused, not silently used
+    with pytest.raises(UserError, match=r"teachers.json: made for teacher \['baseline'\], teacher_seeds 1"):
+        teacher_paths(p2, tmp_path, tmp_path / "t1")
+    with pytest.raises(UserError, match="no index of the seed teachers"):
+        teacher_paths(p1, tmp_path, tmp_path / "missing")
 
 
 def test_a_teacher_that_saw_synthetic_or_other_data_is_refused(tmp_path, digits):

@@ -9,6 +9,7 @@ variants, `REAL_ONLY`) at `finetune.temperature` (`ganaug/train/streams.py`).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -68,16 +69,42 @@ def load_teachers(paths: list[Path], train: ImageSet) -> list[torch.nn.Module]:
     return teachers
 
 
-def seed_teachers(classifier_path: Path, train: ImageSet, p: FinetuneParams, device: torch.device) -> list[torch.nn.Module]:
-    """`teacher_seeds - 1` more real-shot models per teacher in `p.teacher`, fine-tuned as that variant is
-    (`baseline`: no augmentation, `classical`: `p.augment`) at seeds `p.seed + 1`, `p.seed + 2`, ..."""
-    out = []
-    for name in p.teacher:
-        for k in range(1, p.teacher_seeds):
-            q = p.model_copy(update={"seed": p.seed + k})
-            model, _, _ = finetune(classifier_path, train, q, device, augment="none" if name == "baseline" else p.augment)
-            out.append(model)
-    return out
+TEACHER_INDEX = "teachers.json"  # in models/teachers/ (stage teachers): which seed teachers it holds, made how
+
+
+def seed_teacher_names(p: FinetuneParams) -> list[tuple[str, int]]:
+    """(recipe, seed) of the `teacher_seeds - 1` extra models per teacher in `p.teacher`: seeds `p.seed + 1`, ..."""
+    return [(name, p.seed + k) for name in p.teacher for k in range(1, p.teacher_seeds)]
+
+
+def seed_teacher(classifier_path: Path, train: ImageSet, p: FinetuneParams, name: str, seed: int,
+                 device: torch.device, ckpt_path: Path | None = None):
+    """Fine-tune recipe `name` as its variant is (`baseline`: no augmentation, `classical`: `p.augment`), at `seed`."""
+    q = p.model_copy(update={"seed": seed})
+    return finetune(classifier_path, train, q, device, ckpt_path=ckpt_path,
+                    augment="none" if name == "baseline" else p.augment)
+
+
+def teacher_index(p: FinetuneParams) -> dict:
+    """What models/teachers/teachers.json records: the params the seed teachers were made with, and their files."""
+    return {"teacher": list(p.teacher), "teacher_seeds": p.teacher_seeds, "seed": p.seed,
+            "files": [f"{name}_seed{seed}.pt" for name, seed in seed_teacher_names(p)]}
+
+
+def teacher_paths(p: FinetuneParams, variants_dir: Path, teachers_dir: Path) -> list[Path]:
+    """The teachers' files: each variant of `p.teacher` (`variants_dir/<name>.pt`), then the seed teachers of
+    `teachers_dir` (stage teachers), which must have been made for these params."""
+    index_path = Path(teachers_dir) / TEACHER_INDEX
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{index_path}: no index of the seed teachers ({exc.__class__.__name__}); run the teachers stage") from None
+    want = teacher_index(p)
+    if {k: index.get(k) for k in want} != want:
+        raise UserError(f"{index_path}: made for teacher {index.get('teacher')}, teacher_seeds {index.get('teacher_seeds')}, "
+                        f"seed {index.get('seed')}; the finetune params say {want['teacher']}, {want['teacher_seeds']}, "
+                        f"{want['seed']}: run the teachers stage again")
+    return [Path(variants_dir) / f"{t}.pt" for t in p.teacher] + [Path(teachers_dir) / f for f in index["files"]]
 
 
 def load_stream_images(paths: list[Path], train: ImageSet, p: FinetuneParams) -> tuple[np.ndarray, np.ndarray]:
@@ -102,16 +129,10 @@ def load_stream_images(paths: list[Path], train: ImageSet, p: FinetuneParams) ->
 
 
 def build_stream(paths: list[Path], train: ImageSet, teacher_paths: list[Path], p: FinetuneParams,
-                 batch_size: int, device: torch.device, classifier_path: Path | None = None) -> Stream:
-    """The second stream: its images, their teacher probabilities at `p.temperature` and their hard labels.
-    With `p.teacher_seeds > 1` the teachers are averaged over seeds too (`seed_teachers`, from `classifier_path`)."""
+                 batch_size: int, device: torch.device) -> Stream:
+    """The second stream: its images, and their hard labels and probabilities under the mean of the teachers at
+    `teacher_paths` (at `p.temperature`)."""
     x, hard = load_stream_images(paths, train, p)
     x = to_float(x)
-    teachers = load_teachers(teacher_paths, train)
-    if p.teacher_seeds > 1:
-        if classifier_path is None:
-            raise UserError("finetune.teacher_seeds > 1 needs the pretrained classifier to fine-tune the extra teachers")
-        teachers += seed_teachers(classifier_path, train, p, device)
-    soft = teacher_probs(teachers, x, p.temperature, batch_size, device)
+    soft = teacher_probs(load_teachers(teacher_paths, train), x, p.temperature, batch_size, device)
     return Stream(x, soft, torch.from_numpy(hard), p.temperature)
-
