@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     from ganaug.train.finetune import finetune
     from ganaug.train.fit import embed
     from ganaug.train.gan import train_gan
-    from ganaug.train.meta_gan import adapt, draw_task, inner_params, meta_train, meta_validate
+    from ganaug.train.meta_gan import adapt, draw_task, inner_config, meta_train, meta_validate
     from ganaug.train.runtime import configure_threads
     from stages.gan_metrics import accuracy_of
     from stages.pretrain import pretrain
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
                 syn = sample(trainer.g_ema, cas_labels, p.z_dim, torch.Generator().manual_seed(10_000 + t), cpu, 256)
                 syn_set = ImageSet(to_uint8(syn), cas_labels.numpy(), list(task.shots.class_names))
                 cas[name][trainer.step].append(accuracy(syn_set, task.rest))
-            q = inner_params(p, max(args.steps), lr, gamma, seed=t)
+            q = inner_config(p, max(args.steps), lr, gamma, seed=t)
             trainer = adapt(init, task.shots, cfg, q, cpu, measure)
             if t == 0:
                 grid_labels = torch.arange(args.ways).repeat_interleave(8)

@@ -50,7 +50,7 @@ from ganaug.io.data import ImageSet, load_prepared, to_float, to_uint8
 from ganaug.nets.classifier import ClassifierConfig, build_classifier, save_classifier
 from ganaug.nets.gan import GanConfig, build_discriminator, build_generator
 from ganaug.train.finetune import finetune
-from ganaug.train.gan import BalancedBatches, GanTrainer, export_model
+from ganaug.train.gan import BalancedBatches, GanTrainConfig, GanTrainer, export_model
 from ganaug.train.runtime import configure_threads
 from stages.prepare import prepare
 from ganaug.tools.synthesis import synthesize
@@ -163,7 +163,7 @@ def ganaug_trainer(ds: ImageSet, p: Params, channels_last: bool = True, fused: b
     cfg = GanConfig(len(ds.class_names), ds.x.shape[-1], ds.x.shape[1], p.gan.z_dim, p.gan.g_width, p.gan.d_width,
                     p.gan.arch)
     real = BalancedBatches(to_float(ds.x).to(device), torch.as_tensor(np.array(ds.y)), cfg.n_classes)
-    trainer = GanTrainer(cfg, p.gan, real, device)
+    trainer = GanTrainer(cfg, GanTrainConfig.from_params(p.gan), real, device)
     if not channels_last:
         trainer.memory_format = torch.contiguous_format
         for net in (trainer.g_net, trainer.d_net, trainer.g_ema):

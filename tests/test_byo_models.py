@@ -12,7 +12,7 @@ from ganaug.config.errors import UserError
 from ganaug.config.params import ClassifierParams, GanParams
 from ganaug.io.data import LoadOptions, load_digits_set, select_classes, to_float
 from ganaug.nets.classifier import ClassifierConfig, build_classifier, save_classifier
-from ganaug.train.gan import BalancedBatches, GanTrainer, load_source_gan, train_gan, CLASS_SPECIFIC
+from ganaug.train.gan import BalancedBatches, GanTrainConfig, GanTrainer, load_source_gan, train_gan, CLASS_SPECIFIC
 from ganaug.nets.gan import GanConfig
 from stages.pretrain import pretrain
 from stages.pretrain_gan import pretrain_gan
@@ -97,7 +97,7 @@ def test_a_gan_of_another_run_starts_the_target_gan(tmp_path):
     target = select_classes(load_digits_set(LoadOptions(16, 1)), [7, 8])  # other classes, and 2 of them
     cfg = GanConfig(2, 16, 1, 8, 8, 8)
     real = BalancedBatches(to_float(target.x[:12]), torch.as_tensor(target.y[:12]), 2)
-    trainer = GanTrainer(cfg, p, real, CPU, start)
+    trainer = GanTrainer(cfg, GanTrainConfig.from_params(p), real, CPU, start)
     theirs = torch.load(tmp_path / "theirs.pt", weights_only=True)
     skip = tuple(k for k in theirs["generator"] if CLASS_SPECIFIC in k.split("."))
     assert _equal_except(trainer.g_net.state_dict(), theirs["generator"], skip)

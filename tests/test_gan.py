@@ -15,7 +15,7 @@ from ganaug.nets.diffaug import AUGMENTS, diff_augment
 from ganaug.nets.gan import (
     ARCHS, GanConfig, Generator, build_discriminator, build_generator, d_hinge_loss, g_hinge_loss, load_generator, sample,
 )
-from ganaug.train.gan import BalancedBatches, GanTrainer, fingerprint, load_source_gan, train_gan
+from ganaug.train.gan import BalancedBatches, GanTrainConfig, GanTrainer, fingerprint, load_source_gan, train_gan
 from stages.pretrain_gan import PLACEHOLDER, pretrain_gan
 from stages.train_gan import main
 
@@ -225,7 +225,7 @@ def trainer_for(digits: ImageSet, source: Path | None, steps: int = 50, **kw) ->
     p = GanParams(steps=steps, **{**TINY, **kw})
     cfg = GanConfig(3, 16, 1, p.z_dim, p.g_width, p.d_width)
     real = BalancedBatches(to_float(digits.x), torch.as_tensor(digits.y), 3)
-    return GanTrainer(cfg, p, real, CPU, load_source_gan(source) if source else None)
+    return GanTrainer(cfg, GanTrainConfig.from_params(p), real, CPU, load_source_gan(source) if source else None)
 
 
 def snapshot(net: torch.nn.Module) -> dict:
@@ -287,8 +287,8 @@ def test_exp_lr_schedule(digits):
     for _ in range(3):
         t.train_step()
     t.set_learning_rates()
-    assert t.opt_g.param_groups[0]["lr"] == pytest.approx(t.p.lr_g * np.exp(-0.3))
-    assert t.opt_d.param_groups[0]["lr"] == pytest.approx(t.p.lr_d * np.exp(-0.3))
+    assert t.opt_g.param_groups[0]["lr"] == pytest.approx(t.tc.lr_g * np.exp(-0.3))
+    assert t.opt_d.param_groups[0]["lr"] == pytest.approx(t.tc.lr_d * np.exp(-0.3))
 
 
 def test_average_of_the_last_snapshots_is_exported_and_loadable(digits, tmp_path):

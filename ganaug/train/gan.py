@@ -36,7 +36,7 @@ import math
 import pickle
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -54,6 +54,37 @@ from ganaug.train import checkpoint
 from ganaug.train.runtime import open_live, progress, seed_everything
 
 LOG_EVERY = 10
+
+
+@dataclass(frozen=True)
+class GanTrainConfig:
+    """The GAN training loop's settings: plain values, built once from the gan params (`from_params`)."""
+    steps: int
+    batch_size: int
+    z_dim: int
+    lr_g: float
+    lr_d: float
+    betas: tuple[float, float]
+    diffaug: str  # DiffAugment policy, on real and fake images (ganaug/nets/diffaug.py)
+    ema_decay: float
+    ema_start: int
+    seed: int
+    checkpoint_every: int
+    lr_gamma: float = 0.0  # lr_t = lr_0 * exp(-lr_gamma * t); 0: constant
+    alternate_steps: int = 0  # > 0: D only, then G only, this many steps each (freeze=alternate); 0: both each step
+    frozen_d_blocks: int = 0  # D's first conv layers kept fixed (FreezeD, freeze=d_lower)
+    average_last: int = 0  # > 0: the mean of G's last k snapshots, `average_every` steps apart
+    average_every: int = 100
+    bf16: bool = False  # G and D under bfloat16 autocast
+
+    @classmethod
+    def from_params(cls, p: GanParams) -> "GanTrainConfig":
+        return cls(p.steps, p.batch_size, p.z_dim, p.lr_g, p.lr_d, (p.beta1, p.beta2), p.diffaug, p.ema_decay,
+                   p.ema_start, p.seed, p.checkpoint_every,
+                   lr_gamma=p.lr_gamma if p.lr_schedule == "exp" else 0.0,
+                   alternate_steps=p.alternate_steps if p.freeze == "alternate" else 0,
+                   frozen_d_blocks=p.freeze_d_blocks if p.freeze == "d_lower" else 0,
+                   average_last=p.average_last, average_every=p.average_every, bf16=p.precision == "bf16")
 
 
 class BalancedBatches:
@@ -86,10 +117,10 @@ class GanTrainer:
     embedding) left freshly initialised for the target classes.
     """
 
-    def __init__(self, cfg: GanConfig, p: GanParams, real: BalancedBatches, device: torch.device,
+    def __init__(self, cfg: GanConfig, tc: GanTrainConfig, real: BalancedBatches, device: torch.device,
                  source: Optional[dict] = None):
-        self.p, self.real, self.device = p, real, device
-        self.rng = seed_everything(p.seed)  # also makes the weight init deterministic
+        self.tc, self.real, self.device = tc, real, device
+        self.rng = seed_everything(tc.seed)  # also makes the weight init deterministic
         # channels_last: the convolutions' fastest layout on CPU (oneDNN) and on GPU tensor cores
         self.memory_format = torch.channels_last
         self.g_net = build_generator(cfg).to(device, memory_format=self.memory_format).train()
@@ -97,17 +128,17 @@ class GanTrainer:
         if source is not None:
             transfer_weights(self.g_net, source["generator"])
             transfer_weights(self.d_net, source["discriminator"])
-        self.frozen = frozen_d_layers(self.d_net, p)
+        self.frozen = frozen_d_layers(self.d_net, tc.frozen_d_blocks)
         self.g_ema = copy.deepcopy(self.g_net).eval().requires_grad_(False)
         d_params = [w for w in self.d_net.parameters() if id(w) not in self.frozen]
         # fused: one kernel for the whole update instead of ~10 small ops per parameter tensor
-        self.opt_g = torch.optim.Adam(self.g_net.parameters(), lr=p.lr_g, betas=(p.beta1, p.beta2), fused=True)
-        self.opt_d = torch.optim.Adam(d_params, lr=p.lr_d, betas=(p.beta1, p.beta2), fused=True)
-        self.average = SnapshotAverage(self.g_net, p)
+        self.opt_g = torch.optim.Adam(self.g_net.parameters(), lr=tc.lr_g, betas=tc.betas, fused=True)
+        self.opt_d = torch.optim.Adam(d_params, lr=tc.lr_d, betas=tc.betas, fused=True)
+        self.average = SnapshotAverage(self.g_net, tc.steps, tc.average_last, tc.average_every)
         self.step = 0
 
     def _noise(self, n: int) -> torch.Tensor:
-        return torch.randn((n, self.p.z_dim), generator=self.rng).to(self.device)  # (B, z_dim)
+        return torch.randn((n, self.tc.z_dim), generator=self.rng).to(self.device)  # (B, z_dim)
 
     def _d_trainable(self, flag: bool) -> None:
         for w in self.d_net.parameters():
@@ -115,14 +146,14 @@ class GanTrainer:
 
     def fake_batch(self, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Class-balanced labels (B,) and G's images of them (B, C, S, S), with G's graph if `with_grad`."""
-        y = self.real.labels(self.p.batch_size, self.rng).to(self.device)
+        y = self.real.labels(self.tc.batch_size, self.rng).to(self.device)
         with torch.set_grad_enabled(with_grad):
             return y, self.g_net(self._noise(len(y)), y).contiguous(memory_format=self.memory_format)
 
     def d_step(self, y: torch.Tensor, x_fake: torch.Tensor) -> dict[str, torch.Tensor]:
         """One hinge-loss update of D on augmented real images and the (detached) fakes of the same labels."""
         x_real = self.real.images(y.cpu(), self.rng)  # (B, C, S, S)
-        x = diff_augment(torch.cat([x_real, x_fake.detach()]), self.p.diffaug, self.rng)  # (2B, C, S, S)
+        x = diff_augment(torch.cat([x_real, x_fake.detach()]), self.tc.diffaug, self.rng)  # (2B, C, S, S)
         logits = self.d_net(x.contiguous(memory_format=self.memory_format), torch.cat([y, y])).float()  # (2B,)
         real_logits, fake_logits = logits.chunk(2)
         loss = d_hinge_loss(real_logits, fake_logits)
@@ -134,7 +165,7 @@ class GanTrainer:
     def g_step(self, y: torch.Tensor, x_fake: torch.Tensor) -> dict[str, torch.Tensor]:
         """One hinge-loss update of G through a fresh augmentation and a frozen D (no weight gradients for D)."""
         self._d_trainable(False)
-        x = diff_augment(x_fake, self.p.diffaug, self.rng).contiguous(memory_format=self.memory_format)
+        x = diff_augment(x_fake, self.tc.diffaug, self.rng).contiguous(memory_format=self.memory_format)
         loss = g_hinge_loss(self.d_net(x, y).float())
         self._d_trainable(True)
         self.opt_g.zero_grad(set_to_none=True)
@@ -145,7 +176,7 @@ class GanTrainer:
     @torch.no_grad()
     def ema_update(self) -> None:
         """ema = decay*ema + (1-decay)*g from step ema_start on (a plain copy before); buffers copied."""
-        decay = self.p.ema_decay if self.step >= self.p.ema_start else 0.0
+        decay = self.tc.ema_decay if self.step >= self.tc.ema_start else 0.0
         ema, raw = list(self.g_ema.parameters()), list(self.g_net.parameters())
         if decay:
             torch._foreach_lerp_(ema, raw, 1.0 - decay)  # one fused kernel per dtype, not one per tensor
@@ -154,23 +185,23 @@ class GanTrainer:
         torch._foreach_copy_(list(self.g_ema.buffers()), list(self.g_net.buffers()))
 
     def set_learning_rates(self) -> None:
-        """lr_t = lr_0 * exp(-lr_gamma * t) with lr_schedule=exp; lr_0 otherwise."""
-        decay = math.exp(-self.p.lr_gamma * self.step) if self.p.lr_schedule == "exp" else 1.0
-        for opt, lr in ((self.opt_g, self.p.lr_g), (self.opt_d, self.p.lr_d)):
+        """lr_t = lr_0 * exp(-lr_gamma * t) (lr_gamma 0: constant)."""
+        decay = math.exp(-self.tc.lr_gamma * self.step) if self.tc.lr_gamma else 1.0
+        for opt, lr in ((self.opt_g, self.tc.lr_g), (self.opt_d, self.tc.lr_d)):
             for group in opt.param_groups:
                 group["lr"] = lr * decay
 
     def phase(self) -> str:
         """Which nets this step updates: 'both', or with freeze=alternate 'd' then 'g' for alternate_steps each."""
-        if self.p.freeze != "alternate":
+        if not self.tc.alternate_steps:
             return "both"
-        return "d" if (self.step // self.p.alternate_steps) % 2 == 0 else "g"
+        return "d" if (self.step // self.tc.alternate_steps) % 2 == 0 else "g"
 
     def train_step(self) -> dict[str, torch.Tensor]:
         """One D and one G update on the same fake batch (G runs once per step, as in DCGAN)."""
         self.set_learning_rates()
         phase, stats = self.phase(), {}
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.p.precision == "bf16"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tc.bf16):
             y, x_fake = self.fake_batch(with_grad=phase != "d")
             if phase in ("both", "d"):
                 stats.update(self.d_step(y, x_fake))
@@ -217,25 +248,24 @@ def transfer_weights(net: torch.nn.Module, source_state: dict) -> None:
     net.load_state_dict({**own, **shared})
 
 
-def frozen_d_layers(d_net: torch.nn.Module, p: GanParams) -> set[int]:
-    """ids of D's parameters that stay fixed (freeze=d_lower: the first freeze_d_blocks convs).
+def frozen_d_layers(d_net: torch.nn.Module, n_blocks: int) -> set[int]:
+    """ids of D's parameters that stay fixed: its first `n_blocks` convs (FreezeD; 0: none).
 
     Their spectral-norm power iteration is stopped too (eval mode), so the layers' effective weights do not move.
     """
-    if p.freeze != "d_lower":
+    if n_blocks == 0:
         return set()
-    layers = d_net.convs[: p.freeze_d_blocks]
+    layers = d_net.convs[:n_blocks]
     layers.eval()
     layers.requires_grad_(False)
     return {id(w) for w in layers.parameters()}
 
 
 class SnapshotAverage:
-    """The running mean of G's floating-point state at steps `steps - j * average_every`, j < average_last."""
+    """The running mean of G's floating-point state at steps `steps - j * every`, j < last."""
 
-    def __init__(self, g_net: torch.nn.Module, p: GanParams):
-        self.p = p
-        self.steps = {p.steps - j * p.average_every for j in range(p.average_last)}
+    def __init__(self, g_net: torch.nn.Module, steps: int, last: int, every: int):
+        self.steps = {steps - j * every for j in range(last)}
         self.sum = {k: torch.zeros_like(v) for k, v in g_net.state_dict().items() if v.is_floating_point()}
         self.n = 0
 
@@ -382,11 +412,11 @@ def _check_data(ds: ImageSet) -> None:
 
 def run_steps(trainer: GanTrainer, end: int, ckpt: Path, fp: str, curves: Curves) -> None:
     """Train up to step `end`, logging curves and checkpointing every `checkpoint_every` steps."""
-    p = trainer.p
-    for _ in progress(range(trainer.step, end), desc="train_gan", initial=trainer.step, total=p.steps):
+    tc = trainer.tc
+    for _ in progress(range(trainer.step, end), desc="train_gan", initial=trainer.step, total=tc.steps):
         stats = trainer.train_step()
-        curves.add(trainer.step, stats, final=trainer.step == p.steps)
-        if trainer.step % p.checkpoint_every == 0 and trainer.step < p.steps:
+        curves.add(trainer.step, stats, final=trainer.step == tc.steps)
+        if trainer.step % tc.checkpoint_every == 0 and trainer.step < tc.steps:
             checkpoint.save(ckpt, trainer.state_dict(), fp)
     curves.end()
 
@@ -413,7 +443,7 @@ def train_gan(
     source = load_source_gan(source_path) if p.init in ("source", "checkpoint", "meta") else None
     if p.init == "meta":
         p = with_meta_choice(p, source)
-    trainer = GanTrainer(cfg, p, real, device, source)
+    trainer = GanTrainer(cfg, GanTrainConfig.from_params(p), real, device, source)
     fp = fingerprint(ds, p, device, source["sha256"] if source else "")
     ckpt = Path(ckpt_dir) / f"{fp}.pt"
     start, curves = resume(trainer, ckpt, fp), Curves(live_dir)

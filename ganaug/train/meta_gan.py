@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -41,7 +41,7 @@ from ganaug.judge.feature_metrics import kid
 from ganaug.nets import gan as gan_model
 from ganaug.nets.gan import GanConfig, build_discriminator, build_generator, sample
 from ganaug.train import checkpoint
-from ganaug.train.gan import CLASS_SPECIFIC, BalancedBatches, GanTrainer
+from ganaug.train.gan import CLASS_SPECIFIC, BalancedBatches, GanTrainConfig, GanTrainer
 from ganaug.train.runtime import progress, seed_everything
 
 KID_REFERENCE_PER_CLASS = 100  # meta-validation's KID reference (and its samples) per class: Fashion-MNIST has 6,000
@@ -103,20 +103,20 @@ def draw_task(source: ImageSet, classes: np.ndarray, ways: int, shots: int, rng:
                 ImageSet(source.x[np.concatenate(r_idx)], np.concatenate(r_y), names))
 
 
-def inner_params(p: GanParams, steps: int, lr: float, gamma: float, seed: int) -> GanParams:
-    """The gan params of one adaptation: `steps` steps at lr (decayed by gamma), from the meta start, no freezing."""
-    return p.model_copy(update={"steps": steps, "lr_g": lr, "lr_d": lr, "lr_schedule": "exp" if gamma > 0 else "constant",
-                                "lr_gamma": gamma, "init": "scratch", "init_checkpoint": None, "freeze": "none",
-                                "average_last": 0, "seed": seed, "ema_start": min(p.ema_start, steps)})
+def inner_config(p: GanParams, steps: int, lr: float, gamma: float, seed: int) -> GanTrainConfig:
+    """The training settings of one adaptation: `steps` steps at lr (decayed by gamma) from the meta start, with
+    the gan params' batch, noise, DiffAugment and EMA, and no freezing or averaging."""
+    return replace(GanTrainConfig.from_params(p), steps=steps, lr_g=lr, lr_d=lr, lr_gamma=gamma, seed=seed,
+                   alternate_steps=0, frozen_d_blocks=0, average_last=0, ema_start=min(p.ema_start, steps))
 
 
-def adapt(start: Optional[dict], task: ImageSet, cfg: GanConfig, p: GanParams, device: torch.device,
+def adapt(start: Optional[dict], task: ImageSet, cfg: GanConfig, tc: GanTrainConfig, device: torch.device,
           on_step: Optional[Callable[[GanTrainer], None]] = None) -> GanTrainer:
-    """G and D from `start` (shared weights; class embeddings new; None: from scratch), trained `p.steps` steps
+    """G and D from `start` (shared weights; class embeddings new; None: from scratch), trained `tc.steps` steps
     on `task`; `on_step(trainer)` after every step."""
     real = BalancedBatches(to_float(task.x).to(device), torch.as_tensor(task.y, dtype=torch.long), len(task.class_names))
-    trainer = GanTrainer(GanConfig(**{**asdict(cfg), "n_classes": len(task.class_names)}), p, real, device, start)
-    for _ in range(p.steps):
+    trainer = GanTrainer(GanConfig(**{**asdict(cfg), "n_classes": len(task.class_names)}), tc, real, device, start)
+    for _ in range(tc.steps):
         trainer.train_step()
         if on_step is not None:
             on_step(trainer)
@@ -157,7 +157,7 @@ def meta_train(source: ImageSet, p: GanParams, m: MetaParams, ways: int, shots: 
     t0 = time.perf_counter()
     for ep in progress(range(start, end), desc="meta_gan", initial=start, total=m.episodes):
         task = draw_task(source, train_classes, ways, shots, np.random.default_rng([m.seed, ep])).shots
-        q = inner_params(p, m.inner_steps, m.inner_lr, 0.0, seed=m.seed * 1_000_003 + ep)
+        q = inner_config(p, m.inner_steps, m.inner_lr, 0.0, seed=m.seed * 1_000_003 + ep)
         trainer = adapt(meta, task, cfg, q, device)
         eps = m.outer_lr * (1.0 - ep / m.episodes)
         reptile_update(meta["generator"], trainer.g_net.state_dict(), eps)
@@ -191,7 +191,7 @@ def meta_validate(start: dict, source: ImageSet, val_classes: np.ndarray, p: Gan
                     fake = sample(trainer.g_ema, labels, p.z_dim, torch.Generator().manual_seed(t), device, 256)
                     score = kid(features(fake), ref, subsets=20, seed=t)["mean"]
                     grid.setdefault((lr, gamma, trainer.step), []).append(score)
-            adapt(start, task.shots, cfg, inner_params(p, max(checkpoints), lr, gamma, seed=m.seed + t), device, measure)
+            adapt(start, task.shots, cfg, inner_config(p, max(checkpoints), lr, gamma, seed=m.seed + t), device, measure)
     table = [{"lr": lr, "lr_gamma": g, "steps": s, "kid": float(np.mean(v))} for (lr, g, s), v in sorted(grid.items())]
     best = min(table, key=lambda r: r["kid"])
     return {"chosen": best, "grid": table, "val_tasks": m.val_tasks}
