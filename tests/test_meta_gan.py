@@ -14,7 +14,8 @@ from ganaug.config.errors import DataError
 from ganaug.config.params import DataParams, GanParams, MetaParams, parse_params, ParamsError
 from ganaug.io.data import ImageSet, load_digits_set
 from ganaug.train.gan import CLASS_SPECIFIC, train_gan, with_meta_choice
-from ganaug.train.meta_gan import draw_task, episode_shape, meta_train, meta_validate, reptile_update, split_classes
+from ganaug.train.meta_gan import class_specific, draw_task, episode_shape, meta_train, meta_validate, split_classes
+from ganaug.train.reptile import outer_step, reptile_update
 
 CPU = torch.device("cpu")
 TINY_GAN = GanParams(z_dim=8, g_width=8, d_width=8, batch_size=6, ema_start=1)
@@ -31,10 +32,11 @@ def digits() -> ImageSet:
 def test_reptile_moves_shared_weights_by_eps_and_leaves_class_embeddings():
     meta = {"conv.weight": torch.zeros(3), "norm.embed.weight": torch.zeros(2), "bn.num_batches_tracked": torch.tensor(1)}
     adapted = {"conv.weight": torch.ones(3), "norm.embed.weight": torch.ones(2), "bn.num_batches_tracked": torch.tensor(5)}
-    reptile_update(meta, adapted, 0.25)
+    reptile_update(meta, adapted, 0.25, skip=class_specific)
     assert torch.equal(meta["conv.weight"], torch.full((3,), 0.25))
     assert torch.equal(meta["norm.embed.weight"], torch.zeros(2)) and CLASS_SPECIFIC == "embed"
     assert int(meta["bn.num_batches_tracked"]) == 5
+    assert [outer_step(ep, 4, 0.8) for ep in range(4)] == pytest.approx([0.8, 0.6, 0.4, 0.2])  # linear decay to 0
 
 
 def test_episodes_are_seeded_and_keep_meta_validation_classes_apart(digits):

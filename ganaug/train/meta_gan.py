@@ -42,6 +42,7 @@ from ganaug.nets import gan as gan_model
 from ganaug.nets.gan import GanConfig, build_discriminator, build_generator, sample
 from ganaug.train import checkpoint
 from ganaug.train.gan import CLASS_SPECIFIC, BalancedBatches, GanTrainConfig, GanTrainer
+from ganaug.train.reptile import outer_step, reptile_update
 from ganaug.train.runtime import progress, seed_everything
 
 KID_REFERENCE_PER_CLASS = 100  # meta-validation's KID reference (and its samples) per class: Fashion-MNIST has 6,000
@@ -123,16 +124,9 @@ def adapt(start: Optional[dict], task: ImageSet, cfg: GanConfig, tc: GanTrainCon
     return trainer
 
 
-@torch.no_grad()
-def reptile_update(meta: dict[str, torch.Tensor], adapted: dict[str, torch.Tensor], eps: float) -> None:
-    """meta <- meta + eps * (adapted - meta) for the shared float tensors; other buffers copied."""
-    for k, v in meta.items():
-        if CLASS_SPECIFIC in k.split("."):
-            continue
-        if v.is_floating_point():
-            v.add_(adapted[k].to(v.device, v.dtype) - v, alpha=eps)
-        else:
-            v.copy_(adapted[k])
+def class_specific(key: str) -> bool:
+    """The per-class weights (conditional-BN embeddings, D's projection): new in every episode, never meta-learned."""
+    return CLASS_SPECIFIC in key.split(".")
 
 
 def _fingerprint(source: ImageSet, p: GanParams, m: MetaParams, ways: int, shots: int, device: torch.device) -> str:
@@ -159,9 +153,9 @@ def meta_train(source: ImageSet, p: GanParams, m: MetaParams, ways: int, shots: 
         task = draw_task(source, train_classes, ways, shots, np.random.default_rng([m.seed, ep])).shots
         q = inner_config(p, m.inner_steps, m.inner_lr, 0.0, seed=m.seed * 1_000_003 + ep)
         trainer = adapt(meta, task, cfg, q, device)
-        eps = m.outer_lr * (1.0 - ep / m.episodes)
-        reptile_update(meta["generator"], trainer.g_net.state_dict(), eps)
-        reptile_update(meta["discriminator"], trainer.d_net.state_dict(), eps)
+        eps = outer_step(ep, m.episodes, m.outer_lr)
+        reptile_update(meta["generator"], trainer.g_net.state_dict(), eps, skip=class_specific)
+        reptile_update(meta["discriminator"], trainer.d_net.state_dict(), eps, skip=class_specific)
         if ckpt_path is not None and (ep + 1) % m.checkpoint_every == 0 and ep + 1 < m.episodes:
             checkpoint.save(ckpt_path, {**meta, "episode": ep + 1}, fp)
     summary = {"episodes": m.episodes, "ways": ways, "shots": shots, "resumed_from": start,

@@ -35,6 +35,7 @@ from ganaug.nets.restorer import PatchDiscriminator, RestorerConfig, UNet, compo
 from ganaug.restore import corruptions
 from ganaug.restore.corruptions import corrupt
 from ganaug.train import checkpoint
+from ganaug.train.reptile import outer_step, reptile_update
 from ganaug.train.runtime import progress
 
 
@@ -168,10 +169,7 @@ def meta_restorer(x: np.ndarray, y: np.ndarray, spec: str, cfg: RestoreTrainConf
         inner = UNet(g.cfg)
         inner.load_state_dict(meta)
         inner, _ = train_restorer(task, spec, replace(cfg, steps=inner_steps, seed=cfg.seed * 1_000_003 + ep), device, g=inner)
-        eps = outer_lr * (1.0 - ep / episodes)
-        with torch.no_grad():
-            for k, v in inner.state_dict().items():  # (the U-Net has only float tensors)
-                meta[k] += eps * (v - meta[k])
+        reptile_update(meta, inner.state_dict(), outer_step(ep, episodes, outer_lr))
         if ckpt_path is not None and (ep + 1) % cfg.checkpoint_every == 0 and ep + 1 < episodes:
             checkpoint.save(ckpt_path, {"meta": meta, "episode": ep + 1}, fp)
     summary = {"init": "meta", "episodes": episodes, "inner_steps": inner_steps, "resumed_from": start,
