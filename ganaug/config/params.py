@@ -207,7 +207,7 @@ class FinetuneParams(_Section):
     mixed_hard_weight: float = Field(0.5, ge=0, le=1)  # synth_labels=mixed: weight of the hard labels
     temperature: float = Field(2.0, gt=0)  # distillation temperature
     teacher: list[Literal["baseline", "classical"]] = ["baseline", "classical"]  # real-shot variants; several = their mean
-    teacher_seeds: int = Field(1, ge=1, le=16)  # > 1: also average each teacher's recipe at seeds seed+1, seed+2, ...
+    teacher_seeds: int = Field(3, ge=1, le=16)  # > 1: also average each teacher's recipe at seeds seed+1, seed+2, ...
     schedule: Literal["joint", "synthetic_first"] = "joint"  # synthetic_first: stream alone, then real alone
     first_fraction: float = Field(0.5, gt=0, lt=1)  # schedule=synthetic_first: share of steps on the stream
     bn: Literal["real", "frozen", "joint"] = "real"  # BatchNorm statistics: real batches only | frozen | both
