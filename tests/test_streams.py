@@ -119,7 +119,7 @@ def test_soft_labels_come_from_the_teachers_named_in_params(tmp_path, digits):
 def test_teacher_seeds_average_the_teachers_recipe_over_more_seeds(tmp_path, digits):
     train = _shots(digits)
     pretrained = _classifier(tmp_path / "classifier.pt", 5, seed=0)
-    p1 = FinetuneParams(steps=3, batch_size=4, source_images=20, seed=7, teacher=["baseline"])
+    p1 = FinetuneParams(steps=3, batch_size=4, source_images=20, seed=7, teacher=["baseline"], teacher_seeds=1)
     base_model, cfg, _ = finetune(pretrained, train, p1, CPU)  # the `baseline` variant at finetune.seed
     save_classifier(tmp_path / "baseline.pt", base_model, cfg, train.class_names, {"variant": "baseline"})
     save_prepared(tmp_path / "source.npz", ImageSet(digits.x[:50], digits.y[:50] % 5, [str(k) for k in range(5)]))
