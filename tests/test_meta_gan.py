@@ -1,15 +1,12 @@
 """The meta-learned GAN start (issue #12): Reptile's update, episodes, resumption, meta-validation's choice,
-train_gan adapting with it, and `dvc exp run -S gan.init=meta` end to end (tiny params)."""
+train_gan adapting with it. (`dvc exp run -S gan.init=meta` end to end: tests/test_exp_runs.py.)"""
 from __future__ import annotations
 
-import json
-import re
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import DVC, TINY_REPRO_GROUP, pipeline_env, run
 from ganaug.config.errors import DataError
 from ganaug.config.params import DataParams, GanParams, MetaParams, parse_params, ParamsError
 from ganaug.io.data import ImageSet, load_digits_set
@@ -105,21 +102,3 @@ def test_meta_params_validate():
     assert parse_params({"gan": {"init": "meta", "freeze": "d_lower"}}).gan.freeze == "d_lower"
     with pytest.raises(ParamsError, match="meta.steps_grid"):
         parse_params({"meta": {"steps_grid": []}})
-
-
-@TINY_REPRO_GROUP
-def test_exp_run_with_meta_init_end_to_end(tiny_repro_copy):
-    project = tiny_repro_copy  # digits: 5 source classes, so 2-way tasks (2 classes kept for meta-validation)
-    assert "placeholder" in torch.load(project / "models/gan_meta.pt", weights_only=True)
-    out = run(DVC + ["exp", "run", "-S", "gan.init=meta", "-S", "meta.episodes=3",
-                     "-S", "meta.inner_steps=2", "-S", "meta.val_tasks=1", "-S", "meta.steps_grid=[3,6]",
-                     "-S", "meta.lr_factors=[1.0]", "-S", "meta.gamma_grid=[0.0]", "--name", "meta"],
-              project, env=pipeline_env())
-    ran = set(re.findall(r"Running stage '([^']+)'", out.stdout))
-    assert {"meta_gan", "train_gan", "synthesize", "evaluate"} <= ran and not {"prepare", "pretrain"} & ran
-    assert "placeholder" in torch.load(project / "models/gan_source.pt", weights_only=True)  # no source GAN needed
-    meta = json.loads((project / "metrics/meta.json").read_text())
-    chosen = meta["chosen"]
-    assert meta["summary"]["ways"] == 2  # fitted to the 5 source classes without being asked
-    gan = torch.load(project / "models/gan.pt", weights_only=True)
-    assert gan["params"]["init"] == "meta" and gan["step"] == chosen["steps"] in (3, 6)

@@ -1,5 +1,5 @@
 """Restoration (issue #16): seeded corruptions, restorers that keep known pixels, image metrics, the `restore`
-stage's core, and `dvc exp run -S restore.enabled=true -S data.corrupt=occlusion:0.3` end to end."""
+stage's core. (`dvc exp run -S restore.enabled=true -S data.corrupt=occlusion:0.3` end to end: tests/test_exp_runs.py.)"""
 from __future__ import annotations
 
 import filecmp
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from conftest import DVC, TINY_REPRO_GROUP, pipeline_env, run
+from conftest import TINY_REPRO_GROUP
 from ganaug.config.params import ParamsError, parse_params
 from ganaug.io.data import ImageSet
 from ganaug.nets.classifier import ClassifierConfig, build_classifier, save_classifier
@@ -208,21 +208,3 @@ def test_restoration_off_leaves_the_pipeline_inputs_byte_for_byte(tiny_repro):
         assert filecmp.cmp(project / "data/prepared" / name, project / "data/restored" / name, shallow=False)
     assert "placeholder" in torch.load(project / "models/restorer.pt", weights_only=True)
     assert json.loads((project / "metrics/restore.json").read_text())["enabled"] is False
-
-
-@TINY_REPRO_GROUP
-def test_exp_run_with_occlusion_and_restoration_end_to_end(tiny_repro_copy):
-    project = tiny_repro_copy
-    before = json.loads((project / "metrics/eval.json").read_text())
-    out = run(DVC + ["exp", "run", "-S", "restore.enabled=true", "-S", "data.corrupt=occlusion:0.3", "--name", "restored"],
-              project, env=pipeline_env())
-    ran = set(re.findall(r"Running stage '([^']+)'", out.stdout))
-    assert {"restore", "train_gan", "synthesize", "evaluate", "concat"} <= ran and not {"prepare", "pretrain"} & ran
-    m = json.loads((project / "metrics/restore.json").read_text())
-    assert m["corrupt"] == "occlusion:0.3" and m["feeds_pipeline"] == "learned"
-    assert set(m["downstream"]) == {"none", "classical", "learned"}
-    assert not filecmp.cmp(project / "data/prepared/target_test.npz", project / "data/restored/target_test.npz",
-                           shallow=False)
-    assert json.loads((project / "metrics/eval.json").read_text()) != before
-    assert (project / "plots/restore.png").stat().st_size > 0 and "| learned |" in (project / "reports/restore.md").read_text()
-    assert "state_dict" in torch.load(project / "models/restorer.pt", weights_only=True)
