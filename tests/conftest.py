@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -54,6 +55,11 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 600,
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def ran_stages(dvc_output: str) -> set[str]:
+    """The stages a `dvc repro` or `dvc exp run` ran, from its stdout."""
+    return set(re.findall(r"Running stage '([^']+)'", dvc_output))
 
 
 @pytest.fixture

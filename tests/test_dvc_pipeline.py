@@ -5,7 +5,6 @@ The full `dvc repro` is made once per session (conftest's `tiny_repro`); each te
 from __future__ import annotations
 
 import json
-import re
 
 import numpy as np
 import pandas as pd
@@ -13,7 +12,7 @@ import yaml
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from conftest import DVC, TINY_REPRO_GROUP, deep_update, pipeline_env, run
+from conftest import DVC, TINY_REPRO_GROUP, deep_update, pipeline_env, ran_stages, run
 from ganaug.io.data import LoadOptions, load_digits_set
 
 pytestmark = TINY_REPRO_GROUP
@@ -22,10 +21,6 @@ DISTILL = ("gan", "source", "gan_source")  # real shots + a teacher-labelled sec
 VARIANTS = FINETUNE + DISTILL
 ALL_STAGES = {"prepare", "pretrain", "restore", "pretrain_gan", "meta_gan", "train_gan", "synthesize", "concat", "teachers",
               *(f"finetune@{v}" for v in FINETUNE), *(f"distill@{v}" for v in DISTILL), "evaluate", "gan_metrics"}
-
-
-def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
 
 
 def set_params(project, extra: dict) -> None:

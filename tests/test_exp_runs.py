@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import filecmp
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import pandas as pd
 import torch
 from torchvision.datasets import ImageFolder
 
-from conftest import DVC, TINY_REPRO_GROUP, pipeline_env, run
+from conftest import DVC, TINY_REPRO_GROUP, pipeline_env, ran_stages, run
 from ganaug.io.data import LoadOptions, load_digits_set
 from ganaug.io.imagefolder import class_folders
 from ganaug.nets.classifier import load_classifier
@@ -29,8 +28,7 @@ pytestmark = TINY_REPRO_GROUP
 def exp_run(project: Path, *settings: str, name: str) -> set[str]:
     """`dvc exp run -S s ... --name name` in `project`; the stages it ran."""
     args = [a for s in settings for a in ("-S", s)]
-    out = run(DVC + ["exp", "run", *args, "--name", name], project, env=pipeline_env())
-    return set(re.findall(r"Running stage '([^']+)'", out.stdout))
+    return ran_stages(run(DVC + ["exp", "run", *args, "--name", name], project, env=pipeline_env()).stdout)
 
 
 # --- hostile class names, with a transferred GAN ------------------------------------------------------

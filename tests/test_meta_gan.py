@@ -2,7 +2,6 @@
 train_gan adapting with it. (`dvc exp run -S gan.init=meta` end to end: tests/test_exp_runs.py.)"""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
