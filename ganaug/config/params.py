@@ -156,7 +156,7 @@ class MetaParams(_Section):
     shots: Optional[int] = Field(None, ge=1)  # images per class per task; null = data.shots
     val_fraction: float = Field(0.2, gt=0, lt=1)  # source classes held out for meta-validation
     val_tasks: int = Field(3, ge=1)  # meta-validation tasks
-    lr_factors: list[float] = [0.5, 1.0]  # adaptation lr candidates, x inner_lr (2.0 was the worst on Omniglot)
+    lr_factors: list[float] = [1.0]  # adaptation lr candidates, x inner_lr (0.5 and 2.0 never chosen; docs/gan_transfer.md)
     gamma_grid: list[float] = [0.0, 0.002]  # decay candidates: lr_t = lr_0 * exp(-gamma t)
     steps_grid: list[int] = [100, 200, 400]  # adaptation step candidates
     checkpoint_every: int = Field(50, ge=1)  # episodes between checkpoints
