@@ -142,6 +142,9 @@ def collect(project: Path, dag: StageDag, seconds: dict[str, float]) -> dict:
             out["cas"] = {k: gm["cas"]["synthetic"][k] for k in ("accuracy", "macro_f1")}
         if gm.get("features"):
             out["gan_quality"] = {k: gm["features"][k] for k in ("kid", "fid", "precision", "recall")}
+    meta_json = project / "metrics/meta.json"  # gan.init meta: what meta-validation chose (absent otherwise)
+    if meta_json.is_file() and "chosen" in (meta := json.loads(meta_json.read_text())):
+        out["meta_chosen"] = meta["chosen"]
     return out
 
 
