@@ -160,6 +160,7 @@ class Group:
     overrides: dict
     work: Path
     threads: int
+    cells_jsonl: Optional[Path] = None  # each finished cell appended here as one JSON line
 
 
 def run_group(g: Group) -> list[dict]:
@@ -174,13 +175,16 @@ def run_group(g: Group) -> list[dict]:
         cell = {"dataset": g.dataset, "shots": k, "seed": g.seed, **collect(project, dag, seconds),
                 "seconds": round(time.perf_counter() - t0, 1)}
         cells.append(cell)
+        if g.cells_jsonl:  # a grid cut short keeps its finished cells (one write per line: whole lines only)
+            with open(g.cells_jsonl, "a") as f:
+                f.write(json.dumps(cell) + "\n")
         f1 = {v: round(m["macro_f1"], 3) for v, m in cell["metrics"].items()}
         print(f"uplift: {g.dataset} seed {g.seed} shots {k}: macro-F1 {f1} in {cell['seconds']:.0f} s", flush=True)
     return cells
 
 
 def run_grid(datasets: list[str], shots: list[int], seeds: list[int], overrides: dict, work: Path,
-             workers: int, threads: int) -> dict:
+             workers: int, threads: int, cells_jsonl: Optional[Path] = None) -> dict:
     """Every cell of the grid; {"cells": [...], "skipped": {dataset: reason}, "params": ..., "seconds": ...}."""
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     skipped, groups = {}, []
@@ -191,7 +195,8 @@ def run_grid(datasets: list[str], shots: list[int], seeds: list[int], overrides:
             skipped[d] = str(exc)
             print(f"uplift: skipping {d}: {exc}", flush=True)
             continue
-        groups += [Group(d, s, sorted(shots), base, data, overrides, work / f"{d}-seed{s}", threads) for s in seeds]
+        groups += [Group(d, s, sorted(shots), base, data, overrides, work / f"{d}-seed{s}", threads, cells_jsonl)
+                   for s in seeds]
     t0 = time.perf_counter()
     failed: dict[str, str] = {}
 
@@ -375,6 +380,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, help="GANAUG_THREADS of the stages (default: cores // jobs, at least 1)")
     ap.add_argument("--out", type=Path, default=DOC, help="markdown file whose `uplift` section (`uplift_full` for the full grid) is (re)written")
     ap.add_argument("--raw", type=Path, help="also write every cell's numbers as JSON here")
+    ap.add_argument("--cells-jsonl", type=Path, help="append each finished cell to this file as one JSON line, "
+                    "as it finishes (a grid cut short keeps what it finished)")
     ap.add_argument("--work", type=Path, help="keep the project copies in this folder (default: a temporary one, removed)")
     args = ap.parse_args(argv)
     mode = QUICK if args.quick else FULL
@@ -389,7 +396,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     overrides = parse_overrides(args.overrides)
     work = args.work or Path(tempfile.mkdtemp(prefix="ganaug-uplift-"))
     try:
-        run = run_grid(args.datasets, args.shots, args.seeds, overrides, work, args.jobs, args.threads)
+        run = run_grid(args.datasets, args.shots, args.seeds, overrides, work, args.jobs, args.threads, args.cells_jsonl)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -48,8 +48,9 @@ def table_rows(section: str, heading: str) -> list[list[str]]:
 def test_uplift_on_a_tiny_grid_writes_a_table_of_every_variant(tmp_path):
     doc, raw = tmp_path / "benchmarks.md", tmp_path / "uplift.json"
     doc.write_text("# kept\n\nhand-written text stays\n")
+    lines = tmp_path / "cells.jsonl"
     bench("uplift", ["--datasets", "digits", "--shots", "3", "--seeds", "0", "--jobs", "1", *TINY,
-                     "--out", str(doc), "--raw", str(raw)])
+                     "--out", str(doc), "--raw", str(raw), "--cells-jsonl", str(lines)])
     section = read_section(doc, "uplift")
     assert section and "hand-written text stays" in doc.read_text()
     assert "-m bench.uplift --datasets digits --shots 3" in section and "CPU cores" in section
@@ -66,6 +67,7 @@ def test_uplift_on_a_tiny_grid_writes_a_table_of_every_variant(tmp_path):
     assert 0.0 <= float(quality[0][5]) <= 1.0  # CAS accuracy
     cells = json.loads(raw.read_text())["cells"]
     assert len(cells) == 1 and set(cells[0]["metrics"]) == set(KEYS)
+    assert [json.loads(line) for line in lines.read_text().splitlines()] == cells  # each cell as it finished
     assert all(math.isfinite(v) for m in cells[0]["metrics"].values() for v in m.values())
     took = cells[0]["variant_seconds"]  # a GAN variant also pays for GAN training, synthesis and concat
     assert took["gan"] > took["baseline"] > 0 and cells[0]["stage_seconds"]["train_gan"] > 0
@@ -133,3 +135,13 @@ def test_gpu_step_smoke_run_on_the_cpu_reports_both_loops(tmp_path):
     assert abs(row["params_reference"] - row["params_ganaug"]) <= 0.05 * row["params_ganaug"]
     rows = table_rows(read_section(doc, "gpu_step"), "| batch")
     assert rows == [["8", "fp32", f"{row['ganaug']:.0f}", f"{row['reference']:.0f}", f"{row['ratio']:.2f}x"]]
+
+
+def test_a_bench_project_on_a_machine_without_git_is_a_dvc_project_without_scm(tmp_path, monkeypatch):
+    from bench.common import make_project
+    from pipeline.dag import read_dag
+
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))  # no git; make_project runs dvc as `python -m dvc`
+    project = make_project(tmp_path / "project", {"data": {"shots": 3}})
+    assert not (project / ".git").exists() and "no_scm = True" in (project / ".dvc/config").read_text()
+    assert "prepare" in read_dag(project).order  # DVC reads the pipeline there
