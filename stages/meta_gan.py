@@ -10,6 +10,7 @@ other `gan.init` the file is a placeholder, written at once.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +28,13 @@ from ganaug.train.runtime import pick_device
 OUT = Path("models/gan_meta.pt")
 
 
-def meta_gan(source: ImageSet, params: Params, classifier: Path, device: torch.device, ckpt_dir: Path) -> dict:
+def meta_gan(source: ImageSet, n_target_classes: int, params: Params, classifier: Path, device: torch.device,
+             ckpt_dir: Path) -> dict:
     """The meta-learned start with its chosen adaptation (gan.init meta), or the placeholder."""
     p, m = params.gan, params.meta
     if p.init != "meta":
         return {"placeholder": f"gan.init is {p.init!r}: no meta-learned start was needed"}
-    ways, shots = episode_shape(params.data, m, len(source.class_names))
+    ways, shots = episode_shape(params.data, m, len(source.class_names), n_target_classes)
     start = meta_train(source, p, m, ways, shots, device, ckpt_dir / "meta_gan.pt")
     model, _, _ = load_classifier(classifier)
 
@@ -47,7 +49,8 @@ def meta_gan(source: ImageSet, params: Params, classifier: Path, device: torch.d
 def main() -> None:
     params = load_params()
     source = load_prepared("data/prepared/source.npz")
-    blob = meta_gan(source, params, Path("models/classifier.pt"), pick_device(), Path("checkpoints/meta_gan"))
+    n_target = len(json.loads(Path("data/prepared/classes.json").read_text())["target"])
+    blob = meta_gan(source, n_target, params, Path("models/classifier.pt"), pick_device(), Path("checkpoints/meta_gan"))
     with atomic_file(OUT) as tmp:
         torch.save(blob, tmp)
     write_json("metrics/meta.json", {k: blob[k] for k in ("chosen", "grid", "summary") if k in blob}

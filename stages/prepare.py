@@ -9,7 +9,8 @@ When source and target are the same dataset, the source never contains an
 image used as a target shot or test image.
 
 Outputs (`data/prepared/`): source.npz, target_train.npz, target_test.npz and
-manifest.json (datasets, classes, counts, skipped files).
+manifest.json (datasets, classes, counts, skipped files) and classes.json (the
+class names alone: a dependency that stays the same when only the shot sample changes).
 """
 from __future__ import annotations
 
@@ -99,6 +100,7 @@ def prepare(p: DataParams, out_dir: Path) -> dict:
         save_prepared(tmp / "target_train.npz", train)
         save_prepared(tmp / "target_test.npz", test)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / "classes.json").write_text(json.dumps(manifest["classes"], indent=2) + "\n")  # the shot sample aside
     return manifest
 
 

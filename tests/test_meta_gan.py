@@ -53,14 +53,15 @@ def test_episodes_are_seeded_and_keep_meta_validation_classes_apart(digits):
 def test_episodes_take_as_many_target_classes_as_the_source_can_spare():
     data = DataParams(target_classes=[5, 6, 7, 8, 9], shots=4)
     m = MetaParams()  # ways and shots null: the target's, fitted to the source
-    assert episode_shape(data, m, 155) == (5, 4)  # omniglot: the target's shape
-    assert episode_shape(data, m, 5) == (2, 4)  # 5 source classes: 2 meta-train, 2+ held out, 2-way episodes
+    assert episode_shape(data, m, 155, 5) == (5, 4)  # omniglot: the target's shape
+    assert episode_shape(data, m, 5, 5) == (2, 4)  # 5 source classes: 2 meta-train, 2+ held out, 2-way episodes
+    assert episode_shape(data, m, 10, 10) == (5, 4)  # MNIST -> USPS (all 10 classes on both sides): 5-way
     for k in (2, 3, 5, 8, 12):
-        ways, _ = episode_shape(data, m, k)
+        ways, _ = episode_shape(data, m, k, 5)
         train_c, val_c = split_classes(ImageSet(np.zeros((k, 1, 2, 2), np.uint8), np.arange(k), [str(c) for c in range(k)]),
                                        m, ways)
         assert len(train_c) >= ways and len(val_c) >= ways  # the fitted shape always fits
-    assert episode_shape(data, MetaParams(ways=3, shots=2), 5) == (3, 2)  # set by hand: as asked
+    assert episode_shape(data, MetaParams(ways=3, shots=2), 5, 5) == (3, 2)  # set by hand: as asked
 
 
 def test_meta_training_resumes_bit_exactly(digits, tmp_path):
@@ -96,8 +97,8 @@ def test_meta_validation_chooses_from_its_grid_and_train_gan_adapts_with_the_cho
 
 
 def test_meta_params_validate():
-    with pytest.raises(ParamsError, match="set meta.ways"):
-        parse_params({"gan": {"init": "meta"}, "data": {"target_classes": None}})
+    all_classes = parse_params({"gan": {"init": "meta"}, "data": {"source_classes": None, "target_classes": None}})
+    assert all_classes.meta.ways is None  # the target's class count comes from data/prepared/classes.json
     assert parse_params({"gan": {"init": "meta", "freeze": "d_lower"}}).gan.freeze == "d_lower"
     with pytest.raises(ParamsError, match="meta.steps_grid"):
         parse_params({"meta": {"steps_grid": []}})

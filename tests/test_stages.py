@@ -1,6 +1,8 @@
 """Each stage's core function on tiny real data (digits, or images written at test time)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -75,6 +77,8 @@ def test_prepare_is_seeded(tmp_path):
     c = prepare(DataParams(shots=3, seed=2), tmp_path / "c")
     xa, xb, xc = (load_prepared(tmp_path / d / "target_train.npz").x for d in "abc")
     assert a == b and np.array_equal(xa, xb) and not np.array_equal(xa, xc)
+    classes = [(tmp_path / d / "classes.json").read_bytes() for d in "ac"]  # meta_gan's dependency
+    assert classes[0] == classes[1] and json.loads(classes[0]) == c["classes"]  # the same for another shot sample
 
 
 def test_prepare_domain_transfer_from_npz_and_imagefolder(tmp_path):

@@ -280,9 +280,6 @@ class Params(_Section):
     def _restore_knows_what(self) -> "Params":
         if self.restore.enabled and self.restore.learned_spec(self.data.corrupt) == "none":
             raise ValueError("restore.enabled needs a corruption to undo: set data.corrupt or restore.corruption")
-        if self.gan.init == "meta" and self.meta.ways is None and self.data.target_classes is None:
-            raise ValueError("gan.init meta: set meta.ways to the target's number of classes "
-                             "(data.target_classes is null, so it cannot be read from there)")
         return self
 
 

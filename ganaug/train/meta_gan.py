@@ -56,14 +56,14 @@ class Task:
     rest: ImageSet  # the other images of the same classes (meta-validation's reference)
 
 
-def episode_shape(data: DataParams, m: MetaParams, n_source_classes: int) -> tuple[int, int]:
+def episode_shape(data: DataParams, m: MetaParams, n_source_classes: int, n_target_classes: int) -> tuple[int, int]:
     """(ways, shots) of an episode: `meta.ways` / `meta.shots` when set, else the target task's shots and as many
     of its classes as the source can give while keeping meta-validation classes apart (class embeddings start
     afresh on the target, so episodes may have fewer classes than it: 5 source classes give 2-way episodes)."""
     shots = m.shots or data.shots
     if m.ways:
         return m.ways, shots
-    target_ways = len(data.target_classes or [])
+    target_ways = n_target_classes
     fitting = [w for w in range(1, target_ways + 1) if n_source_classes - _n_val(n_source_classes, m, w) >= w]
     return (max(fitting) if fitting else target_ways), shots
 
