@@ -8,10 +8,13 @@ import torch
 
 from ganaug.config.errors import DataError
 from ganaug.config.params import DataParams, GanParams, MetaParams, parse_params, ParamsError
-from ganaug.io.data import ImageSet, load_digits_set
+from ganaug.io.data import ImageSet, load_digits_set, load_prepared
+from ganaug.nets.gan import GanConfig, build_discriminator, build_generator
 from ganaug.train.gan import CLASS_SPECIFIC, train_gan, with_meta_choice
-from ganaug.train.meta_gan import class_specific, draw_task, episode_shape, meta_train, meta_validate, split_classes
+from ganaug.train.meta_gan import (adapt, class_specific, draw_task, episode_shape, inner_config, meta_train,
+                                   meta_validate, split_classes)
 from ganaug.train.reptile import outer_step, reptile_update
+from ganaug.train.runtime import seed_everything
 
 CPU = torch.device("cpu")
 TINY_GAN = GanParams(z_dim=8, g_width=8, d_width=8, batch_size=6, ema_start=1)
@@ -48,6 +51,53 @@ def test_episodes_are_seeded_and_keep_meta_validation_classes_apart(digits):
     assert np.array_equal(capped.shots.x, a.shots.x) and np.bincount(capped.rest.y).tolist() == [4, 4]
     with pytest.raises(DataError, match="lower meta.ways"):
         split_classes(ImageSet(digits.x[:40], digits.y[:40] % 5, [str(k) for k in range(5)]), TINY_META, ways=3)
+
+
+def _start_and_inner_loop(source: ImageSet, m: MetaParams) -> tuple[dict, dict]:
+    """What meta_train starts from and what its first episode's inner loop reaches from there, rebuilt here
+    from the building blocks (same seeds), independently of meta_train's outer loop."""
+    train_c, _ = split_classes(source, m, m.ways)
+    cfg = GanConfig(m.ways, source.x.shape[-1], source.x.shape[1], TINY_GAN.z_dim, TINY_GAN.g_width,
+                    TINY_GAN.d_width, TINY_GAN.arch)
+    seed_everything(m.seed)
+    start = {"generator": build_generator(cfg).state_dict(), "discriminator": build_discriminator(cfg).state_dict()}
+    start = {k: {n: t.clone() for n, t in v.items()} for k, v in start.items()}
+    task = draw_task(source, train_c, m.ways, m.shots, np.random.default_rng([m.seed, 0])).shots
+    trainer = adapt(start, task, cfg, inner_config(TINY_GAN, m.inner_steps, m.inner_lr, 0.0, m.seed * 1_000_003), CPU)
+    return start, {"generator": trainer.g_net.state_dict(), "discriminator": trainer.d_net.state_dict()}
+
+
+def test_outer_step_0_keeps_the_start_and_outer_step_1_after_one_episode_gives_the_inner_loop(digits):
+    one = TINY_META.model_copy(update={"episodes": 1, "outer_lr": 1.0})
+    start, inner = _start_and_inner_loop(digits, one)
+    moved = meta_train(digits, TINY_GAN, one, 2, 3, CPU)
+    frozen = meta_train(digits, TINY_GAN, TINY_META.model_copy(update={"outer_lr": 0.0}), 2, 3, CPU)  # params need > 0
+    changed = 0
+    for net in ("generator", "discriminator"):
+        for k, v in start[net].items():
+            if not v.is_floating_point():
+                continue  # BatchNorm's step counter: copied, not a weight
+            assert torch.equal(frozen[net][k], v), (net, k)  # step 0: the meta weights never move
+            if class_specific(k):
+                assert torch.equal(moved[net][k], v), (net, k)  # per-class weights are never meta-learned
+            else:  # step 1: meta + 1 * (inner - meta), equal up to float rounding
+                torch.testing.assert_close(moved[net][k], inner[net][k].cpu(), rtol=0, atol=1e-6)
+                changed += not torch.equal(v, inner[net][k].cpu())
+    assert changed > 10  # the inner loop did move the shared weights
+
+
+def test_episodes_draw_only_source_classes_and_images(tmp_path):
+    from stages.prepare import prepare
+    prepare(DataParams(shots=3, image_size=16), tmp_path)  # the default split: digits 0-4 -> 5-9
+    source, target = (load_prepared(tmp_path / f) for f in ("source.npz", "target_train.npz"))
+    test = load_prepared(tmp_path / "target_test.npz")
+    target_rows = {bytes(r) for s in (target, test) for r in s.x.reshape(len(s.x), -1)}
+    train_c, _ = split_classes(source, TINY_META, 2)
+    for ep in range(20):
+        task = draw_task(source, train_c, 2, 3, np.random.default_rng([TINY_META.seed, ep]))
+        for part in (task.shots, task.rest):
+            assert not set(part.class_names) & set(target.class_names)
+            assert not any(bytes(r) in target_rows for r in part.x.reshape(len(part.x), -1))
 
 
 def test_episodes_take_as_many_target_classes_as_the_source_can_spare():
