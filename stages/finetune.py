@@ -26,6 +26,8 @@ and/or by their hard labels (`finetune.synth_labels`), see `ganaug/train/streams
 | `gan` | the GAN's images (`data/synthetic`) |
 | `source` | source-set images relabelled by the teacher over the target classes (no GAN) |
 | `gan_source` | both |
+
+Their real batch is augmented with `finetune.real_augment` (default `none`; `--augment` overrides).
 """
 from __future__ import annotations
 
@@ -49,11 +51,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train", required=True, nargs="+", type=Path,
                     help="a prepared .npz or an ImageFolder tree with manifest.parquet, then optionally trees of "
                          "synthetic images (data/synthetic) added to it with their hard labels")
-    ap.add_argument("--augment", default="none", help=f"classical augmentation policy: {' | '.join(POLICIES)}")
+    ap.add_argument("--augment", help=f"classical augmentation policy: {' | '.join(POLICIES)} (default: "
+                                      "finetune.real_augment with --extra, else none)")
     ap.add_argument("--extra", nargs="*", default=[], type=Path,
                     help="second stream: data/synthetic and/or data/prepared/source.npz (labelled by the teacher)")
     args = ap.parse_args(argv)
     p = load_params().finetune
+    if args.augment is None:
+        args.augment = p.real_augment if args.extra else "none"
     check_policy(args.augment, "finetune --augment")
     clf_path = Path("models/classifier.pt")
     _, clf_cfg, _ = load_classifier(clf_path)

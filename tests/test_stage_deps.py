@@ -18,7 +18,7 @@ from ganaug.config.params import Params
 
 SECTIONS = {name: set(f.annotation.model_fields) for name, f in Params.model_fields.items()}
 STREAM_KEYS = {"synth_batch", "synth_weight", "synth_labels", "mixed_hard_weight", "temperature", "teacher",
-               "schedule", "first_fraction", "synth_augment", "source_images", "teacher_seeds"}
+               "schedule", "first_fraction", "synth_augment", "source_images", "teacher_seeds", "real_augment"}
 # keys the code reads that cannot change a stage's outputs, with the reason
 NO_EFFECT = {"gan.checkpoint_every", "finetune.checkpoint_every", "restore.checkpoint_every"}  # only how often a resumable checkpoint is written
 NOT_USED = {
@@ -27,7 +27,7 @@ NOT_USED = {
                                            "average_every")},
     # no --extra in this foreach group: the stream keys go into FitConfig but no stream is drawn
     "finetune": {f"finetune.{k}" for k in STREAM_KEYS},
-    # trains with --augment none; the classical recipe's policy reaches it through models/teachers and classical.pt
+    # its real batch takes finetune.real_augment; the classical recipe's policy reaches it through the teachers
     "distill": {"finetune.augment"},
     # the seed teachers are real-shot variants too: no stream (teacher and teacher_seeds say which to train)
     "teachers": {f"finetune.{k}" for k in STREAM_KEYS - {"teacher", "teacher_seeds"}},

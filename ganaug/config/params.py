@@ -212,6 +212,7 @@ class FinetuneParams(_Section):
     first_fraction: float = Field(0.5, gt=0, lt=1)  # schedule=synthetic_first: share of steps on the stream
     bn: Literal["real", "frozen", "joint"] = "real"  # BatchNorm statistics: real batches only | frozen | both
     synth_augment: Literal[AUGMENT_POLICIES] = "none"  # type: ignore[valid-type]  # on the stream's images
+    real_augment: Literal[AUGMENT_POLICIES] = "none"  # type: ignore[valid-type]  # on the real batch of the distill variants
     source_images: Optional[int] = Field(5000, ge=1)  # source images relabelled (a seeded subset; null = all)
     seed: int = Field(0, ge=0, le=SEED_MAX)
 
