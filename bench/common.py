@@ -187,14 +187,13 @@ def make_project(dest: Path, params: Optional[dict] = None) -> Path:
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     (dest / "params.yaml").write_text(yaml.safe_dump(deep_update(base, params or {}), sort_keys=False))
     dvc = [sys.executable, "-m", "dvc"]
-    if shutil.which("git") is None:  # a machine without git (the lent GPU machine): DVC alone runs the pipeline
+    git = shutil.which("git") is not None
+    if not git:  # a machine without git (the lent GPU machine): DVC alone runs the pipeline
         print(f"bench: no git on PATH; {dest} is a DVC project without git (dvc init --no-scm)", flush=True)
-        for cmd in ([*dvc, "init", "-q", "--no-scm"], [*dvc, "config", "core.analytics", "false"]):
-            run(cmd, dest)
-        return dest
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.name", "ganaug-bench"],
-                ["git", "config", "user.email", "bench@localhost"], [*dvc, "init", "-q"],
-                [*dvc, "config", "core.analytics", "false"], ["git", "add", "-A"],
-                ["git", "commit", "-qm", "bench"]):
+    setup = [["git", "init", "-q"], ["git", "config", "user.name", "ganaug-bench"],
+             ["git", "config", "user.email", "bench@localhost"]] if git else []
+    commit = [["git", "add", "-A"], ["git", "commit", "-qm", "bench"]] if git else []
+    for cmd in (*setup, [*dvc, "init", "-q", *([] if git else ["--no-scm"])],
+                [*dvc, "config", "core.analytics", "false"], *commit):
         run(cmd, dest)
     return dest

@@ -63,9 +63,8 @@ def episode_shape(data: DataParams, m: MetaParams, n_source_classes: int, n_targ
     shots = m.shots or data.shots
     if m.ways:
         return m.ways, shots
-    target_ways = n_target_classes
-    fitting = [w for w in range(1, target_ways + 1) if n_source_classes - _n_val(n_source_classes, m, w) >= w]
-    return (max(fitting) if fitting else target_ways), shots
+    fitting = [w for w in range(1, n_target_classes + 1) if n_source_classes - _n_val(n_source_classes, m, w) >= w]
+    return (max(fitting) if fitting else n_target_classes), shots
 
 
 def _n_val(k: int, m: MetaParams, ways: int) -> int:
