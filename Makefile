@@ -25,7 +25,7 @@ repro: setup
 	@echo "Report:  reports/eval.md   (metrics: dvc metrics show; plots: plots/, dvc plots show)"
 	@cat reports/eval.md
 
-# Two pytest-xdist workers; tests sharing a fixture run on one worker (xdist_group marks, see tests/conftest.py).
+# Two pytest-xdist workers; the tests of one Prefect module run on one worker (xdist_group marks), sharing its test server.
 TEST_WORKERS ?= 2
 
 test: setup

@@ -1,9 +1,12 @@
 """Shared fixtures: tiny params, a throw-away git + DVC copy of the project, and one shared tiny `dvc repro`."""
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -16,6 +19,7 @@ import torch
 
 # One copy of the project-in-a-temp-repo helpers, shared with the benchmarks.
 from bench.common import ROOT, PROJECT_FILES, deep_update, make_project, tool_env  # noqa: F401 (re-exported to tests)
+import forkserver
 
 # Two pytest-xdist workers on two cores (`make test`): one torch thread each, in-process and in every stage
 # subprocess (GANAUG_THREADS, read by ganaug/train/runtime.py configure_threads; inherited through tool_env()),
@@ -24,7 +28,20 @@ os.environ.setdefault("GANAUG_THREADS", "1")
 # Prefect servers started by the tests (prefect_test_harness) send no usage analytics: offline that only
 # logs a false ERROR, and its writes compete for the test server's SQLite database.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect's own intervals, shortened for the test servers, workers and runners (the same code, sooner): a
+# worker or `serve` runner looks for scheduled runs every second instead of every 10, and a deployment run
+# that waited for its concurrency slot is retried after 1 s instead of 30.
+os.environ.setdefault("PREFECT_WORKER_QUERY_SECONDS", "1")
+os.environ.setdefault("PREFECT_WORKER_PREFETCH_SECONDS", "1")
+os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
+os.environ.setdefault("PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS", "1")
 torch.set_num_threads(int(os.environ["GANAUG_THREADS"]))
+# A suite started in the background by a non-interactive shell (`make test &`, `nohup ...`) inherits SIGINT
+# ignored, and so would every process it starts. A Prefect worker stops on SIGTERM by sending itself SIGINT:
+# with SIGINT ignored it never stops (tests/test_prefect_production.py waited out its two-minute kill timeout).
+# Python's own handler here means default SIGINT in every child.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Small enough for a full `dvc repro` in well under a minute on 2 cores.
 TINY_PARAMS = {
@@ -37,16 +54,32 @@ TINY_PARAMS = {
     "restore": {"width": 8, "steps": 12, "adapt_steps": 4, "batch_size": 16, "checkpoint_every": 5},
 }
 
-# Tests using the shared run (`tiny_repro`, `tiny_repro_copy`) carry this mark, so that under
-# `pytest -n 2 --dist loadgroup` they all land on one worker and the shared run happens once.
-TINY_REPRO_GROUP = pytest.mark.xdist_group("tiny_repro")
 DVC = [sys.executable, "-m", "dvc"]
 
 
-def pipeline_env() -> dict:
-    """The environment of every full-pipeline run on a tiny project: the same for the shared run and the
-    runs compared with it (tests/test_reproducible.py): CPU whatever the machine has, GANAUG_THREADS as set above."""
+def plain_pipeline_env() -> dict:
+    """The environment of a full-pipeline run on a tiny project in plain Python processes: CPU whatever the
+    machine has, GANAUG_THREADS as set above."""
     return {**tool_env(), "GANAUG_DEVICE": "cpu"}
+
+
+_forked: dict[str, str] = {}
+
+
+def pipeline_env() -> dict:
+    """`plain_pipeline_env()` with each `python -m stages.*` forked from a server that has imported torch
+    (tests/forkserver.py): a tiny `dvc repro` in about a third of the time. Started once per test process.
+    tests/test_reproducible.py checks that it gives the plain processes' outputs, byte for byte."""
+    env = plain_pipeline_env()
+    if not _forked:
+        _forked.update(forkserver.start(env))
+    return {**env, **_forked}
+
+
+def forked_python() -> str:
+    """The fork server's client as an interpreter (`pipeline_env()` started): a Python whose stage processes,
+    and those of the Python processes it starts, are forked. For bench/uplift.py's pipelines."""
+    return str(Path(pipeline_env()["PATH"].split(os.pathsep)[0]) / "python")
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 600,
@@ -68,7 +101,7 @@ def in_tmp_cwd(tmp_path: Path, monkeypatch) -> Path:
     return tmp_path
 
 
-# --- one full tiny `dvc repro`, shared by the tests of the `tiny_repro` group ------------------------
+# --- one full tiny `dvc repro`, shared by every test of the session ---------------------------------
 
 @dataclass(frozen=True)
 class TinyRepro:
@@ -105,33 +138,34 @@ def _restore_modes(root: Path, modes: dict[str, int]) -> None:
 
 @pytest.fixture(scope="session")
 def _tiny_repro_state(tmp_path_factory):
-    project = make_project(tmp_path_factory.mktemp("tiny_repro") / "project", TINY_PARAMS)
-    out = run(DVC + ["repro"], project, env=pipeline_env())
-    modes = _freeze(project)  # a test writing into the shared project fails at once
-    yield TinyRepro(project, out.stdout), modes
-    _restore_modes(project, modes)  # so that pytest can remove it later
-
-
-def _check_grouped(request) -> None:
-    """Under `--dist loadgroup` a test of the shared run must carry its group, or each worker makes its own run."""
-    if getattr(request.config.option, "loadgroup", False) and "@" not in request.node.nodeid:
-        pytest.fail(f"{request.node.nodeid}: --dist loadgroup ignored its xdist_group mark (TINY_REPRO_GROUP missing, "
-                    "or pytest >= 9.2 with a pytest-xdist without the fix for pytest-dev/pytest-xdist#1386)")
+    """Made by whichever pytest-xdist worker asks first, under a file lock in the folder the workers share
+    (the parent of each worker's base temp folder); the other worker waits for it and reads it."""
+    shared = tmp_path_factory.getbasetemp().parent / "tiny_repro"
+    shared.mkdir(exist_ok=True)
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this worker dies
+        project, log, modes_file = shared / "project", shared / "repro.stdout", shared / "modes.json"
+        if not modes_file.exists():
+            shutil.rmtree(project, ignore_errors=True)  # a worker that died half-way
+            make_project(project, TINY_PARAMS)
+            log.write_text(run(DVC + ["repro"], project, env=pipeline_env()).stdout)
+            modes_file.write_text(json.dumps(_freeze(project)))  # a test writing into it fails at once
+    modes = json.loads(modes_file.read_text())
+    yield TinyRepro(project, log.read_text()), modes
+    _restore_modes(project, modes)  # so that pytest can remove it later (the other worker only reads it)
 
 
 @pytest.fixture
-def tiny_repro(_tiny_repro_state, request) -> TinyRepro:
+def tiny_repro(_tiny_repro_state) -> TinyRepro:
     """The tiny project (TINY_PARAMS) after one full `dvc repro` under `pipeline_env()`, made once per session
-    (per xdist worker: mark the test with TINY_REPRO_GROUP). Read-only; use `tiny_repro_copy` to change it."""
-    _check_grouped(request)
+    for all xdist workers. Read-only; use `tiny_repro_copy` to change it."""
     return _tiny_repro_state[0]
 
 
 @pytest.fixture
-def tiny_repro_copy(_tiny_repro_state, tmp_path: Path, request) -> Path:
+def tiny_repro_copy(_tiny_repro_state, tmp_path: Path) -> Path:
     """This test's own copy of the finished shared project: the whole folder, .git and .dvc (with its cache)
     included, which DVC takes as up to date."""
-    _check_grouped(request)
     shared, modes = _tiny_repro_state
     dest = tmp_path / "project"
     shutil.copytree(shared.project, dest, symlinks=True)

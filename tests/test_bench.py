@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, tool_env
+from conftest import ROOT, forked_python, pipeline_env, tool_env
 
 sys.path.insert(0, str(ROOT))  # `bench` is a folder of scripts next to `stages`, not an installed package
 
@@ -25,8 +25,8 @@ KEYS = ["baseline", "classical", "gan", "source", "gan_source", "augmented"]
 NUMBER = r"[-+]?\d+\.\d+"
 
 
-def bench(module: str, args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", f"bench.{module}", *args], cwd=ROOT, env={**tool_env(), **(env or {})},
+def bench(module: str, args: list[str], env: dict | None = None, python: str = sys.executable) -> subprocess.CompletedProcess:
+    proc = subprocess.run([python, "-m", f"bench.{module}", *args], cwd=ROOT, env={**tool_env(), **(env or {})},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -49,8 +49,10 @@ def test_uplift_on_a_tiny_grid_writes_a_table_of_every_variant(tmp_path):
     doc, raw = tmp_path / "benchmarks.md", tmp_path / "uplift.json"
     doc.write_text("# kept\n\nhand-written text stays\n")
     lines = tmp_path / "cells.jsonl"
+    # the bench's pipeline forks its stages from the tests' fork server (conftest.pipeline_env): a third of the time
     bench("uplift", ["--datasets", "digits", "--shots", "3", "--seeds", "0", "--jobs", "1", *TINY,
-                     "--out", str(doc), "--raw", str(raw), "--cells-jsonl", str(lines)])
+                     "--out", str(doc), "--raw", str(raw), "--cells-jsonl", str(lines)],
+          env=pipeline_env(), python=forked_python())
     section = read_section(doc, "uplift")
     assert section and "hand-written text stays" in doc.read_text()
     assert "-m bench.uplift --datasets digits --shots 3" in section and "CPU cores" in section

@@ -4,7 +4,8 @@ A full rerun of the 17 stage processes costs about as much as the shared run its
 params: most of it is each process starting Python and torch. So options that touch different stages share
 one experiment, and each check below says which option it is about:
 - hostile class names (issue #14) with a transferred GAN (`gan.init: source`, FreezeD) and a filter;
-- restoration of occluded images (issue #16) feeding a meta-learned GAN start (issue #12).
+- restoration of occluded images (issue #16) feeding a meta-learned GAN start (issue #12), on an
+  ImageFolder target of 28x28 PNGs with `-S data.shots=2`.
 """
 from __future__ import annotations
 
@@ -15,14 +16,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from conftest import DVC, TINY_REPRO_GROUP, pipeline_env, ran_stages, run
+from conftest import DVC, pipeline_env, ran_stages, run
+from test_dvc_pipeline import ALL_STAGES
 from ganaug.io.data import LoadOptions, load_digits_set
 from ganaug.io.imagefolder import class_folders
 from ganaug.nets.classifier import load_classifier
 
-pytestmark = TINY_REPRO_GROUP
 
 
 def exp_run(project: Path, *settings: str, name: str) -> set[str]:
@@ -121,13 +123,39 @@ def check_meta_start(project: Path) -> None:
     assert gan["params"]["init"] == "meta" and gan["step"] == meta["chosen"]["steps"] in (3, 6)
 
 
-def test_restoration_of_occluded_images_feeding_a_meta_learned_gan_runs_end_to_end(tiny_repro_copy):
+def _imagefolder_28(root: Path, per_class: int = 6) -> Path:
+    """The digits as an ImageFolder target: 28x28 grayscale PNGs in train/ and test/, classes class_0..class_9."""
+    digits = load_digits_set(LoadOptions(28, 1))
+    for split, offset in (("train", 0), ("test", per_class)):
+        for k in range(10):
+            d = root / split / f"class_{k}"
+            d.mkdir(parents=True)
+            for i in np.flatnonzero(digits.y == k)[offset : offset + per_class]:
+                Image.fromarray(digits.x[i, 0]).save(d / f"{i}.png")
+    return root
+
+
+def check_imagefolder_target(project: Path) -> None:
+    """`-S data.shots=2` and an ImageFolder target of 28x28 PNGs went through with no code change."""
+    assert "restored-meta" in run(DVC + ["exp", "show", "--json"], project).stdout
+    manifest = pd.read_parquet(project / "data/augmented/manifest.parquet")
+    assert (manifest["origin"] == "real").sum() == 10  # 2 shots x 5 classes
+    prepared = json.loads((project / "data/prepared/manifest.json").read_text())
+    assert prepared["classes"]["target"] == [f"class_{k}" for k in range(5, 10)]
+    assert sum(prepared["counts"]["target_test"].values()) == 30
+    img = Image.open(next((project / "data/augmented").rglob("syn_*.png")))
+    assert img.size == (28, 28) and img.mode == "L"
+
+
+def test_restoration_feeding_a_meta_learned_gan_on_an_imagefolder_target_runs_end_to_end(tiny_repro_copy, tmp_path):
     project = tiny_repro_copy
     assert "placeholder" in torch.load(project / "models/gan_meta.pt", weights_only=True)
     before = json.loads((project / "metrics/eval.json").read_text())
+    target = _imagefolder_28(tmp_path / "folder")
 
-    ran = exp_run(project, "restore.enabled=true", "data.corrupt=occlusion:0.3", *META, name="restored-meta")
-    assert {"restore", "meta_gan", "train_gan", "synthesize", "evaluate", "concat"} <= ran
-    assert not {"prepare", "pretrain"} & ran  # neither reads the restore or meta params
+    ran = exp_run(project, f"data.target={target}", "data.image_size=28", "data.shots=2",
+                  "restore.enabled=true", "data.corrupt=occlusion:0.3", *META, name="restored-meta")
+    assert ran == ALL_STAGES
+    check_imagefolder_target(project)
     check_restoration(project, before)
     check_meta_start(project)

@@ -17,9 +17,9 @@ from pipeline.cli import build_parser, collect_overrides, main
 from pipeline.deploy import MANUAL, NIGHTLY
 from test_pipeline_flow import make_toy_repo
 
-# `pytest -n 2 --dist loadgroup` (`make test`): the Prefect tests (flow and CLI) on one worker, next to the
-# `tiny_repro` group (conftest.py) on the other.
-pytestmark = pytest.mark.xdist_group("prefect")
+# `pytest -n 2 --dist loadgroup` (`make test`): this module's tests on one worker, so that they share its
+# Prefect test server (a module fixture) and it starts once.
+pytestmark = pytest.mark.xdist_group("prefect_cli")
 ROOT = Path(__file__).resolve().parents[1]
 TOY_STAGES = ["prepare", "finetune@baseline", "finetune@augmented", "evaluate"]
 

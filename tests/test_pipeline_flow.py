@@ -1,8 +1,8 @@
 """The Prefect flow (`pipeline/`) driving real DVC in throw-away git repos, under `prefect_test_harness`.
 
-The full pipeline runs on the real stages with tiny params; the mechanics
-(retries, failures, Dask, two runs at once) run on small stand-in DAGs whose
-stages are a few lines of Python, so each costs seconds.
+The real pipeline (tiny params) is a copy of the session's shared run (conftest's `tiny_repro`); the
+mechanics (retries, failures, Dask, two runs at once) run on small stand-in DAGs whose stages are a few
+lines of Python, so each costs seconds.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from prefect.client.schemas.sorting import TaskRunSort
 from prefect.logging.handlers import APILogHandler
 from prefect.testing.utilities import prefect_test_harness
 
-from conftest import TINY_PARAMS, make_project
+from conftest import TINY_PARAMS
 from pipeline.dag import parse_dot, read_dag
 from pipeline.deploy import DEFAULT_CRON, MANUAL, NIGHTLY, build_deployments
 from pipeline.flow import WAITING_STATE, augment, dask_task_runner
@@ -36,9 +36,9 @@ from pipeline.run_params import AugmentParams
 from pipeline.workspace import workspace_lock
 from ganaug.config.params import Params
 
-# `pytest -n 2 --dist loadgroup` (`make test`): the Prefect tests (flow and CLI) on one worker, next to the
-# `tiny_repro` group (conftest.py) on the other.
-pytestmark = pytest.mark.xdist_group("prefect")
+# `pytest -n 2 --dist loadgroup` (`make test`): this module's tests on one worker, so that they share its
+# Prefect test server (a module fixture) and it starts once.
+pytestmark = pytest.mark.xdist_group("prefect_flow")
 ROOT = Path(__file__).resolve().parents[1]
 DVC = [sys.executable, "-m", "dvc"]
 CORE_STAGES = {"prepare", "pretrain", "train_gan", "synthesize", "concat",
@@ -258,8 +258,11 @@ def dvc_api_edges(project: Path) -> set[tuple[str, str]]:
 
 @pytest.mark.skipif(not HAS_ALL_STAGES, reason="stages/train_gan.py and stages/synthesize.py not written yet")
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # from DVC's Python API in dvc_api_edges
-def test_real_pipeline_runs_reports_skips_and_overrides_as_experiment(tmp_path, prefect_api):
-    project = make_project(tmp_path / "project", TINY_PARAMS)
+def test_real_pipeline_reports_skips_and_overrides_as_experiment(tiny_repro_copy, prefect_api):
+    # The real pipeline after a full run (a copy of the session's shared run): the flow finds every stage up
+    # to date, reports the workspace's results, and runs an override as a DVC experiment. Stages that run
+    # are classified on the stand-in DAG below; the real stages' first run is the shared run itself.
+    project = tiny_repro_copy
     edges = dvc_api_edges(project)
 
     state, run_id = run_flow(repo=str(project), retries=0)
@@ -270,7 +273,7 @@ def test_real_pipeline_runs_reports_skips_and_overrides_as_experiment(tmp_path, 
     assert CORE_STAGES <= set(order) and order[0] == "prepare" and order[-1] == "concat"  # publishes last
     assert set(order) == {s for edge in edges for s in edge}
     assert all(order.index(up) < order.index(down) for up, down in edges)
-    assert set(first.status_of().values()) == {"ran"}
+    assert first.status_of() == {s: "skipped" for s in order}
     assert first.experiment is None
     assert eventually(lambda: set(task_runs_of(run_id)) == set(order))
 
@@ -291,7 +294,7 @@ def test_real_pipeline_runs_reports_skips_and_overrides_as_experiment(tmp_path, 
     assert (f"Synthetic images in the augmented training set: {origins['synthetic']} "
             f"(plus {origins['real']} real)") in report
     for r in first.stages:
-        assert f"| {r.stage} | ran | {r.seconds:.1f} s |" in report
+        assert f"| {r.stage} | skipped (up to date) | {r.seconds:.1f} s |" in report
 
     # the table: one row per class, F1 of every variant as in reports/per_class.csv, and the deltas
     table = arts[PER_CLASS_KEY]
@@ -303,9 +306,6 @@ def test_real_pipeline_runs_reports_skips_and_overrides_as_experiment(tmp_path, 
         for v in variants:
             assert row[f"f1_{v}"] == pytest.approx(f1[v], abs=1e-4)
         assert row["delta_augmented"] == pytest.approx(f1["augmented"] - f1["baseline"], abs=2e-4)
-
-    state, _ = run_flow(repo=str(project), retries=0)
-    assert state.result().status_of() == {s: "skipped" for s in order}
 
     # an override runs as a DVC experiment: the workspace's params.yaml and outputs stay as they were, and
     # the training stages are restored from DVC's run cache, not retrained. (DVC keeps no run cache for a

@@ -20,7 +20,9 @@ from pipeline.flow import stage_exit_code
 from test_pipeline_flow import ONE_STAGE, artifacts_of, dvc, eventually, make_toy_repo, run_flow, task_runs_of
 from pipeline.report import REPORT_KEY
 
-pytestmark = pytest.mark.xdist_group("prefect")
+# `pytest -n 2 --dist loadgroup` (`make test`): this module's tests on one worker, so that they share its
+# Prefect test server (a module fixture) and it starts once.
+pytestmark = pytest.mark.xdist_group("prefect_production")
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = [sys.executable, "-m", "prefect"]
 
@@ -92,8 +94,8 @@ def test_a_run_timeout_stops_the_running_stage_and_retries_nothing(tmp_path, api
     monkeypatch.setenv("TOY_SLEEP_STAGE", "prepare")
     monkeypatch.setenv("TOY_SLEEP", "600")
     monkeypatch.setenv("TOY_PIDFILE", str(pidfile))
-    state, run_id = run_flow(repo=str(repo), retries=2, retry_delay_seconds=0, run_timeout_seconds=30)
-    assert state.is_failed() and "the run passed its run_timeout_seconds=30" in state.message, state.message
+    state, run_id = run_flow(repo=str(repo), retries=2, retry_delay_seconds=0, run_timeout_seconds=15)
+    assert state.is_failed() and "the run passed its run_timeout_seconds=15" in state.message, state.message
     pid = int(Path(f"{pidfile}.prepare").read_text())
     assert eventually(lambda: not alive(pid), timeout=30), f"stage process {pid} outlived the run's deadline"
     assert getattr(task_runs_of(run_id)["prepare"], "run_count") == 1  # not retried after the deadline

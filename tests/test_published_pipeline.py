@@ -8,9 +8,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from conftest import DVC, TINY_REPRO_GROUP, deep_update, pipeline_env, run
+from conftest import DVC, deep_update, pipeline_env, run
 
-pytestmark = TINY_REPRO_GROUP
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
 
 

@@ -1,8 +1,10 @@
 """Same params, same machine (CPU): two full `dvc repro` runs give the same metrics, byte for byte.
 
 The session's shared tiny run (conftest's `tiny_repro`, TINY_PARAMS) and a fresh clone of its git
-repo run with the same code, params and environment (`pipeline_env()`: CPU, one torch thread);
-every output is compared between them.
+repo run with the same code and params, on CPU with one torch thread; every output is compared between
+them. The shared run forks its stages from the tests' fork server (tests/forkserver.py); the clone runs
+them as plain Python processes (`plain_pipeline_env()`), as a user's `dvc repro` does: so this also
+shows that the fork server changes no output.
 """
 from __future__ import annotations
 
@@ -10,9 +12,8 @@ from pathlib import Path
 
 import torch
 
-from conftest import DVC, TINY_REPRO_GROUP, pipeline_env, run
+from conftest import DVC, plain_pipeline_env, run
 
-pytestmark = TINY_REPRO_GROUP
 OUTPUT_DIRS = ("data", "metrics", "reports", "plots", "models")
 # Model files also hold the run's wall-clock time (summary: seconds, images_per_s): compared tensor by tensor.
 TIMED = ("models/classifier.pt", "models/finetune/baseline.pt", "models/finetune/augmented.pt")
@@ -29,7 +30,7 @@ def test_two_full_runs_give_identical_metrics_and_outputs(tiny_repro, tmp_path):
     fresh = tmp_path / "b"
     run(["git", "clone", "-q", str(tiny_repro.project), str(fresh)], tmp_path)
     assert not (fresh / "dvc.lock").exists() and not (fresh / ".dvc/cache").exists()
-    run(DVC + ["repro"], fresh, env=pipeline_env())
+    run(DVC + ["repro"], fresh, env=plain_pipeline_env())
     projects = [tiny_repro.project, fresh]
 
     a, b = (outputs(p) for p in projects)

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from conftest import TINY_REPRO_GROUP
 from ganaug.config.params import ParamsError, parse_params
 from ganaug.io.data import ImageSet
 from ganaug.nets.classifier import ClassifierConfig, build_classifier, save_classifier
@@ -201,7 +200,6 @@ def test_the_stage_core_damages_repairs_and_judges(digits16, tmp_path):
     assert rm["learned"]["source"]["init"] == "meta" and set(rm["downstream"]) == {"none", "classical", "learned"}
 
 
-@TINY_REPRO_GROUP
 def test_restoration_off_leaves_the_pipeline_inputs_byte_for_byte(tiny_repro):
     project = tiny_repro.project
     for name in ("target_train.npz", "target_test.npz"):

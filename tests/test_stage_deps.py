@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import DVC, TINY_REPRO_GROUP, pipeline_env, run
+from conftest import DVC, pipeline_env, run
 from stage_deps import ROOT, attribute_names, import_closure, module_file, sections_read, stage_module
 from ganaug.config.params import Params
 
@@ -110,7 +110,6 @@ def test_the_check_fails_when_a_dependency_is_removed(tmp_path, monkeypatch):
         test_code_deps_of_a_stage_are_its_import_closure(first)
 
 
-@TINY_REPRO_GROUP
 def test_editing_a_building_block_reruns_exactly_the_stages_that_import_it(tiny_repro_copy):
     project = tiny_repro_copy
     target = project / "ganaug/judge/metrics.py"

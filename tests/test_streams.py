@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY_REPRO_GROUP
 from ganaug.config.errors import UserError
 from ganaug.config.params import FinetuneParams
 from ganaug.io.data import ImageSet, LoadOptions, load_digits_set, load_prepared, save_prepared, to_float
@@ -172,7 +171,6 @@ def test_fit_with_a_stream_resumes_bit_identically(tmp_path, digits):
         assert torch.equal(a, b), k
 
 
-@TINY_REPRO_GROUP
 def test_pipeline_teachers_learn_from_the_real_shots_only(tiny_repro):
     project = tiny_repro.project
     train = load_prepared(project / "data/restored/target_train.npz")

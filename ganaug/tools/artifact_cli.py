@@ -15,17 +15,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from ganaug.config.errors import DataError, UserError, one_line
 from ganaug.config.params import EvalParams, SynthParams
-from ganaug.io.data import ImageSet, LoadOptions, load_dataset, load_manifest_set, resolve_classes, select_classes
-from ganaug.io.imagefolder import MANIFEST
-from ganaug.judge.evaluation import compare, compare_classical, evaluate, write_outputs
-from ganaug.nets.classifier import load_classifier
-from ganaug.tools.synthesis import synthesize
-from ganaug.train.runtime import pick_device
+
+if TYPE_CHECKING:
+    from ganaug.io.data import ImageSet
+
+# The commands import torch and scikit-learn when they run, not when `ganaug` builds its parser: `ganaug run`
+# (and every flow run a Prefect worker starts) would otherwise pay about 3 s for them.
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -56,6 +57,9 @@ def _settings(cls, **values):
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from ganaug.tools.synthesis import synthesize
+    from ganaug.train.runtime import pick_device
+
     p = _settings(SynthParams, per_class=args.per_class, ratio=None, seed=args.seed, generator=args.generator,
                   truncation=args.truncation, batch_size=args.batch_size)
     df = synthesize(args.gan, p, args.out, args.out / "samples.png", pick_device())
@@ -66,6 +70,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def load_test_set(spec: str, class_names: list[str], image_size: int, channels: int) -> ImageSet:
     """`spec` loaded at the classifier's size, restricted to and ordered by the classifier's classes (by name)."""
+    from ganaug.io.data import LoadOptions, load_dataset, load_manifest_set, resolve_classes, select_classes
+    from ganaug.io.imagefolder import MANIFEST
+
     opts = LoadOptions(image_size, channels)
     path = Path(spec)
     ds = load_manifest_set(path, opts) if (path / MANIFEST).is_file() else load_dataset(spec, opts)["train"]
@@ -76,6 +83,10 @@ def load_test_set(spec: str, class_names: list[str], image_size: int, channels: 
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ganaug.judge.evaluation import compare, compare_classical, evaluate, write_outputs
+    from ganaug.nets.classifier import load_classifier
+    from ganaug.train.runtime import pick_device
+
     p = _settings(EvalParams, batch_size=args.batch_size)
     _, cfg, names = load_classifier(args.models[0])
     test = load_test_set(args.test, names, cfg.image_size, cfg.channels)

@@ -1,0 +1,218 @@
+"""A fork server for the stage processes of the tests' tiny pipelines: torch imported once, each stage forked.
+
+A tiny `dvc repro` is 17 stage processes, and most of each one's few seconds is starting Python and
+importing torch, torch._dynamo (the first optimiser imports it), pandas and scikit-learn. Here one server
+process imports them once; `python -m stages.<name> ...` (dvc.yaml's commands, found on PATH) is a small
+client, `bin/python`, that hands its arguments, working folder, environment and standard streams to the
+server, which forks a child that runs the stage module as `python -m` would and exits with its code.
+Everything else the client is asked to run (`python toy.py`, `python -m pipeline`) it execs as the real
+Python, with the same process id.
+
+What differs from a fresh interpreter, and how it is kept out of the results:
+- modules of the project (stages, ganaug) are never imported by the server, so the child imports the
+  project's own copy, as edited by the test;
+- Python's `random` and numpy's global generator are reseeded from the OS in each child, as a fresh
+  process seeds them; torch's default generator is untouched by the server (its fixed start-up seed);
+- the hash seed is the server's for every child.
+tests/test_reproducible.py compares a run made through this server with one made by plain Python
+processes, byte for byte.
+Not used by the tests of thread counts (tests/test_threads.py) or timing (bench/throughput.py).
+
+`start()` writes the client and starts the server; the server exits when its parent (the test process)
+does, since it reads its standard input until end of file.
+"""
+from __future__ import annotations
+
+import array
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+SOCKET_ENV = "GANAUG_TEST_FORKSERVER"  # the server's socket path, in the environment of its clients
+PRELOAD = ("torch", "torch._dynamo", "torch.optim", "numpy", "pandas", "pyarrow.parquet", "sklearn.metrics",
+           "sklearn.datasets", "scipy.ndimage", "torchvision", "torchvision.transforms.v2", "PIL.Image", "yaml",
+           "pydantic", "tqdm", "matplotlib")
+
+
+# --- the wire: one JSON request with three file descriptors; the child's pid, then its exit code --------
+
+def _send_request(sock: socket.socket, request: dict) -> None:
+    data = json.dumps(request).encode()
+    fds = array.array("i", [0, 1, 2])
+    sock.sendmsg([struct.pack("!I", len(data)), data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+
+
+def _recv_exact(sock: socket.socket, n: int, fds: list | None = None) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        if fds is not None and not fds:
+            msg, anc, _, _ = sock.recvmsg(n - got, socket.CMSG_SPACE(3 * 4))
+            for level, kind, raw in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.extend(array.array("i", raw[: len(raw) - len(raw) % 4]))
+        else:
+            msg = sock.recv(n - got)
+        if not msg:
+            raise EOFError
+        chunks.append(msg)
+        got += len(msg)
+    return b"".join(chunks)
+
+
+def _recv_request(sock: socket.socket) -> tuple[dict, list[int]]:
+    fds: list[int] = []
+    head = _recv_exact(sock, 4, fds)
+    body = _recv_exact(sock, struct.unpack("!I", head)[0])
+    return json.loads(body), fds
+
+
+# --- the client (`bin/python`) ---------------------------------------------------------------------
+
+CLIENT = """#!{python} -S
+import sys
+sys.path.insert(0, {folder!r})
+import forkserver
+forkserver.client({python!r}, {client!r}, sys.argv[1:])
+"""
+
+
+def client(real_python: str, client_path: str, argv: list[str]) -> None:
+    """`python ARGS`: a stage module goes to the server; anything else is exec'd (same pid) as the real Python
+    named by the client's path, so that its `sys.executable` is the client and the Python processes it
+    starts (`sys.executable -m ...`, or `python` first on PATH, as bench/common.py tool_env() puts it) are
+    clients too. The client's folder is a view of the real environment (pyvenv.cfg, lib/) for that."""
+    path = os.environ.get(SOCKET_ENV)
+    is_stage = len(argv) >= 2 and argv[0] == "-m" and argv[1].startswith("stages.")
+    if not (path and is_stage and os.path.exists(path)):
+        os.execv(real_python, [client_path, *argv])
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    _send_request(sock, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)})
+    pid = struct.unpack("!i", _recv_exact(sock, 4))[0]
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # what a killed client gets, its stage gets
+        signal.signal(sig, lambda s, _f: os.kill(pid, s))
+    try:
+        code = struct.unpack("!i", _recv_exact(sock, 4))[0]
+    except EOFError:  # the child died without reporting (killed)
+        code = 128 + signal.SIGKILL
+    sys.exit(code)
+
+
+# --- the server and its children -----------------------------------------------------------------
+
+def _child(conn: socket.socket, request: dict, fds: list[int]) -> None:
+    """Become the stage process: its streams, folder, environment and argv; run the module; report."""
+    import random
+    import runpy
+    import threading
+    import traceback
+
+    import numpy as np
+
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for target, fd in zip((0, 1, 2), fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    argv = request["argv"]
+    module = argv[1]
+    sys.argv = [module, *argv[2:]]  # runpy puts the module's file in argv[0]
+    sys.path[0] = request["cwd"]  # `python -m` puts the working folder first
+    random.seed()
+    np.random.seed()
+    conn.sendall(struct.pack("!i", os.getpid()))
+
+    def watch_client():  # the client gone (killed): stop, as a stage whose parent is killed would be
+        try:
+            conn.recv(1)
+        finally:
+            os._exit(128 + signal.SIGKILL)
+    threading.Thread(target=watch_client, daemon=True).start()
+
+    code = 0
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        if exc.code is None:
+            code = 0
+        elif isinstance(exc.code, int):
+            code = exc.code
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    conn.sendall(struct.pack("!i", code & 0xFF))
+    os._exit(code & 0xFF)
+
+
+def _exit_with_parent() -> None:
+    while os.read(0, 1 << 16):  # the raw fd: no Python-level lock for a forked child to inherit held
+        pass
+    os._exit(0)
+
+
+def serve(path: str) -> None:
+    import importlib
+
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
+    for name in PRELOAD:
+        importlib.import_module(name)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(64)
+    print("ready", flush=True)
+    while True:
+        conn, _ = server.accept()
+        request, fds = _recv_request(conn)
+        if os.fork() == 0:
+            server.close()
+            _child(conn, request, fds)
+        conn.close()
+        for fd in fds:
+            os.close(fd)
+
+
+def start(env: dict[str, str]) -> dict[str, str]:
+    """Start a server with `env` (its clients' stages see their own environment); return the variables that
+    send `python -m stages.*` to it: PATH with the client (`<folder>/bin/python`) first, and the socket."""
+    folder = Path(tempfile.mkdtemp(prefix="ganaug-fork-"))  # short: a socket path has at most 107 bytes
+    (folder / "bin").mkdir()
+    (folder / "lib").symlink_to(Path(sys.prefix) / "lib")  # a view of this environment: Python started
+    if (Path(sys.prefix) / "pyvenv.cfg").is_file():  # as bin/python finds its packages here
+        shutil.copy(Path(sys.prefix) / "pyvenv.cfg", folder / "pyvenv.cfg")
+    client_path = folder / "bin" / "python"
+    client_path.write_text(CLIENT.format(python=sys.executable, client=str(client_path),
+                                         folder=str(Path(__file__).parent)))
+    client_path.chmod(0o755)
+    sock = folder / "socket"
+    proc = subprocess.Popen([sys.executable, __file__, str(sock)], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"the stage fork server did not start (exit code {proc.wait()})")
+    start.servers.append(proc)  # kept referenced: its stdin pipe open for as long as this process lives
+    return {"PATH": f"{folder / 'bin'}{os.pathsep}{env.get('PATH', '')}", SOCKET_ENV: str(sock)}
+
+
+start.servers = []
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])
