@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -136,22 +137,65 @@ def _restore_modes(root: Path, modes: dict[str, int]) -> None:
         Path(root, rel).chmod(mode)
 
 
+def _shared_folder(tmp_path_factory, worker_id: str) -> Path:
+    """The folder of the shared run: in the parent of the xdist workers' base temp folders (one per session),
+    or this session's own base temp folder without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base if worker_id == "master" else base.parent) / "tiny_repro"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def _make_shared_run(folder: Path) -> None:
+    """The shared run, unless it is made already; the caller holds the folder's lock."""
+    project = folder / "project"
+    if (folder / "modes.json").exists():
+        return
+    shutil.rmtree(project, ignore_errors=True)  # a worker that died half-way
+    make_project(project, TINY_PARAMS)
+    (folder / "repro.stdout").write_text(run(DVC + ["repro"], project, env=pipeline_env()).stdout)
+    (folder / "modes.json").write_text(json.dumps(_freeze(project)))  # a test writing into it fails at once
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _start_shared_run(tmp_path_factory, worker_id, request):
+    """When a collected test needs the shared run, start it at once, in a thread of whichever worker takes
+    the lock first: it runs (on about one core) while the workers go through tests that do not need it. The
+    lock is released when it is done."""
+    if not any("_tiny_repro_state" in item.fixturenames for item in request.session.items):
+        yield
+        return
+    lock = open(_shared_folder(tmp_path_factory, worker_id) / "lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # the other worker makes it
+        lock.close()
+        yield
+        return
+
+    def make() -> None:
+        try:
+            _make_shared_run(Path(lock.name).parent)
+        except BaseException:  # `_tiny_repro_state` tries again, in a test, and shows the error there
+            pass
+        finally:
+            lock.close()
+    thread = threading.Thread(target=make, name="shared tiny run", daemon=True)
+    thread.start()
+    yield
+    thread.join()
+
+
 @pytest.fixture(scope="session")
-def _tiny_repro_state(tmp_path_factory):
-    """Made by whichever pytest-xdist worker asks first, under a file lock in the folder the workers share
-    (the parent of each worker's base temp folder); the other worker waits for it and reads it."""
-    shared = tmp_path_factory.getbasetemp().parent / "tiny_repro"
-    shared.mkdir(exist_ok=True)
-    with open(shared / "lock", "w") as lock:
+def _tiny_repro_state(tmp_path_factory, worker_id):
+    """Made once for all pytest-xdist workers (`_start_shared_run`), under a file lock in the folder they share;
+    a worker that needs it before it is done waits for the lock."""
+    folder = _shared_folder(tmp_path_factory, worker_id)
+    with open(folder / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this worker dies
-        project, log, modes_file = shared / "project", shared / "repro.stdout", shared / "modes.json"
-        if not modes_file.exists():
-            shutil.rmtree(project, ignore_errors=True)  # a worker that died half-way
-            make_project(project, TINY_PARAMS)
-            log.write_text(run(DVC + ["repro"], project, env=pipeline_env()).stdout)
-            modes_file.write_text(json.dumps(_freeze(project)))  # a test writing into it fails at once
-    modes = json.loads(modes_file.read_text())
-    yield TinyRepro(project, log.read_text()), modes
+        _make_shared_run(folder)
+    project, modes = folder / "project", json.loads((folder / "modes.json").read_text())
+    yield TinyRepro(project, (folder / "repro.stdout").read_text()), modes
     _restore_modes(project, modes)  # so that pytest can remove it later (the other worker only reads it)
 
 

@@ -246,90 +246,6 @@ def test_stage_outcomes_come_from_the_lock_file_and_the_outputs(tmp_path):
     assert repro() == ("skipped", "up to date")
 
 
-# --- the real pipeline on tiny params ---------------------------------------------------------------
-
-def dvc_api_edges(project: Path) -> set[tuple[str, str]]:
-    """(upstream, downstream) stage pairs from DVC's Python API: a second view of the DAG, not `dvc dag`."""
-    from dvc.repo import Repo
-
-    with Repo(str(project)) as repo:
-        return {(dep.name, stage.name) for stage, dep in repo.index.graph.edges()}
-
-
-@pytest.mark.skipif(not HAS_ALL_STAGES, reason="stages/train_gan.py and stages/synthesize.py not written yet")
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # from DVC's Python API in dvc_api_edges
-def test_real_pipeline_reports_skips_and_overrides_as_experiment(tiny_repro_copy, prefect_api):
-    # The real pipeline after a full run (a copy of the session's shared run): the flow finds every stage up
-    # to date, reports the workspace's results, and runs an override as a DVC experiment. Stages that run
-    # are classified on the stand-in DAG below; the real stages' first run is the shared run itself.
-    project = tiny_repro_copy
-    edges = dvc_api_edges(project)
-
-    state, run_id = run_flow(repo=str(project), retries=0)
-    assert state.is_completed(), state.message
-    first = state.result()
-    order = [r.stage for r in first.stages]
-    # every stage of dvc.yaml, each after the stages it depends on
-    assert CORE_STAGES <= set(order) and order[0] == "prepare" and order[-1] == "concat"  # publishes last
-    assert set(order) == {s for edge in edges for s in edge}
-    assert all(order.index(up) < order.index(down) for up, down in edges)
-    assert first.status_of() == {s: "skipped" for s in order}
-    assert first.experiment is None
-    assert eventually(lambda: set(task_runs_of(run_id)) == set(order))
-
-    # the report holds the workspace's metrics, the deltas, the synthetic image count and every stage's time
-    ev = json.loads((project / "metrics/eval.json").read_text())
-    variants = [v for v in ev if isinstance(ev[v], dict) and "macro_f1" in ev[v]]
-    assert {"baseline", "augmented"} <= set(variants)
-    arts = artifacts_of(run_id)
-    report = arts[REPORT_KEY]
-    for v in variants:
-        assert f"| {v} | {ev[v]['accuracy']:.4f} | {ev[v]['macro_f1']:.4f} |" in report
-    assert report.index("| baseline |") < report.index("| augmented |")
-    for v, delta in ev["vs_baseline"].items():
-        assert f"Delta {v} - baseline: accuracy {delta['accuracy']['delta']:+.4f}" in report
-        assert f"macro-F1 {delta['macro_f1']['delta']:+.4f}" in report
-    origins = pd.read_parquet(project / "data/augmented/manifest.parquet")["origin"].value_counts()
-    assert origins["synthetic"] == 5 * TINY_PARAMS["synth"]["per_class"]  # 5 target classes
-    assert (f"Synthetic images in the augmented training set: {origins['synthetic']} "
-            f"(plus {origins['real']} real)") in report
-    for r in first.stages:
-        assert f"| {r.stage} | skipped (up to date) | {r.seconds:.1f} s |" in report
-
-    # the table: one row per class, F1 of every variant as in reports/per_class.csv, and the deltas
-    table = arts[PER_CLASS_KEY]
-    rows = json.loads(table) if isinstance(table, str) else table
-    per_class = pd.read_csv(project / "reports/per_class.csv", dtype={"class": str})
-    assert [r["class"] for r in rows] == ["5", "6", "7", "8", "9"]
-    for row in rows:
-        f1 = per_class[per_class["class"] == row["class"]].set_index("variant")["f1"]
-        for v in variants:
-            assert row[f"f1_{v}"] == pytest.approx(f1[v], abs=1e-4)
-        assert row["delta_augmented"] == pytest.approx(f1["augmented"] - f1["baseline"], abs=2e-4)
-
-    # an override runs as a DVC experiment: the workspace's params.yaml and outputs stay as they were, and
-    # the training stages are restored from DVC's run cache, not retrained. (DVC keeps no run cache for a
-    # stage with a `cache: false` out, e.g. synthesize's plots/samples.png: such a stage runs again.)
-    params_before = (project / "params.yaml").read_bytes()
-    metrics_before = (project / "metrics/eval.json").read_bytes()
-    state, _ = run_flow(repo=str(project), retries=0, overrides={"eval.batch_size": 100}, experiment_name="eval-100")
-    assert state.is_completed(), state.message
-    exp = state.result()
-    assert exp.experiment == "eval-100"
-    assert "evaluate" in exp.ran
-    restored = {r.stage for r in exp.stages if r.detail == "restored from run cache"}
-    assert {"prepare", "pretrain", "train_gan"} | {s for s in order if s.startswith("finetune@")} <= restored
-    assert (project / "params.yaml").read_bytes() == params_before
-    assert (project / "metrics/eval.json").read_bytes() == metrics_before
-    assert git(project, "status", "--porcelain", "params.yaml") == ""
-    shown = json.loads(dvc(project, "exp", "show", "--json"))
-    exps = {e["name"]: e for base in shown for e in (base.get("experiments") or []) if e.get("name")}
-    data = exps["eval-100"]["revs"][0]["data"]
-    assert data["params"]["params.yaml"]["data"]["eval"]["batch_size"] == 100
-    assert data["metrics"]["metrics/eval.json"]["data"]["baseline"]["macro_f1"] >= 0
-    assert git(project, "worktree", "list").count("\n") == 1  # the experiment workspace is gone
-
-
 # --- parameters ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("overrides, named", [
@@ -543,3 +459,77 @@ def test_an_experiment_name_that_exists_is_refused_before_any_stage(tmp_path, pr
     assert again.is_failed() and "experiment_name 'three'" in again.message and "already has one so named" in again.message
     assert task_runs_of(run_id) == {}  # refused before any stage ran
     assert dvc(repo, "exp", "list", "--name-only").split() == ["three"] and list(repo.glob("**/dvc.lock")) == lock_before
+
+
+# --- the real pipeline on tiny params (last in this module: by then the shared run is made) ---------------
+
+def dvc_api_edges(project: Path) -> set[tuple[str, str]]:
+    """(upstream, downstream) stage pairs from DVC's Python API: a second view of the DAG, not `dvc dag`."""
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        return {(dep.name, stage.name) for stage, dep in repo.index.graph.edges()}
+
+
+@pytest.mark.skipif(not HAS_ALL_STAGES, reason="stages/train_gan.py and stages/synthesize.py not written yet")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # from DVC's Python API in dvc_api_edges
+def test_real_pipeline_override_runs_as_an_experiment_in_dag_order_and_is_reported(tiny_repro_copy, prefect_api):
+    # The real pipeline after a full run (a copy of the session's shared run). An override runs as a DVC
+    # experiment: the workspace's params.yaml and outputs stay as they were, and the training stages are
+    # restored from DVC's run cache, not retrained. (DVC keeps no run cache for a stage with a `cache: false`
+    # out, e.g. synthesize's plots/samples.png: such a stage runs again.) Stages found up to date, and a
+    # first run of every stage, are classified on the stand-in DAG above; the real stages' first run is the
+    # shared run itself.
+    project = tiny_repro_copy
+    edges = dvc_api_edges(project)
+    params_before = (project / "params.yaml").read_bytes()
+    metrics_before = (project / "metrics/eval.json").read_bytes()
+
+    state, run_id = run_flow(repo=str(project), retries=0, overrides={"eval.batch_size": 100}, experiment_name="eval-100")
+    assert state.is_completed(), state.message
+    exp = state.result()
+    order = [r.stage for r in exp.stages]
+    # every stage of dvc.yaml, each after the stages it depends on
+    assert CORE_STAGES <= set(order) and order[0] == "prepare" and order[-1] == "concat"  # publishes last
+    assert set(order) == {s for edge in edges for s in edge}
+    assert all(order.index(up) < order.index(down) for up, down in edges)
+    assert eventually(lambda: set(task_runs_of(run_id)) == set(order))
+    assert exp.experiment == "eval-100"
+    assert "evaluate" in exp.ran
+    restored = {r.stage for r in exp.stages if r.detail == "restored from run cache"}
+    assert {"prepare", "pretrain", "train_gan"} | {s for s in order if s.startswith("finetune@")} <= restored
+    assert (project / "params.yaml").read_bytes() == params_before
+    assert (project / "metrics/eval.json").read_bytes() == metrics_before
+    assert git(project, "status", "--porcelain", "params.yaml") == ""
+    shown = json.loads(dvc(project, "exp", "show", "--json"))
+    exps = {e["name"]: e for base in shown for e in (base.get("experiments") or []) if e.get("name")}
+    data = exps["eval-100"]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["eval"]["batch_size"] == 100
+    assert git(project, "worktree", "list").count("\n") == 1  # the experiment workspace is gone
+
+    # the report holds the experiment's metrics, the deltas, the synthetic image count and every stage's time
+    ev = data["metrics"]["metrics/eval.json"]["data"]
+    variants = [v for v in ev if isinstance(ev[v], dict) and "macro_f1" in ev[v]]
+    assert {"baseline", "augmented"} <= set(variants)
+    arts = artifacts_of(run_id)
+    report = arts[REPORT_KEY]
+    for v in variants:
+        assert f"| {v} | {ev[v]['accuracy']:.4f} | {ev[v]['macro_f1']:.4f} |" in report
+    assert report.index("| baseline |") < report.index("| augmented |")
+    for v, delta in ev["vs_baseline"].items():
+        assert f"Delta {v} - baseline: accuracy {delta['accuracy']['delta']:+.4f}" in report
+        assert f"macro-F1 {delta['macro_f1']['delta']:+.4f}" in report
+    origins = pd.read_parquet(project / "data/augmented/manifest.parquet")["origin"].value_counts()
+    assert origins["synthetic"] == 5 * TINY_PARAMS["synth"]["per_class"]  # 5 target classes
+    assert (f"Synthetic images in the augmented training set: {origins['synthetic']} "
+            f"(plus {origins['real']} real)") in report
+    for r in exp.stages:
+        assert f"| {r.stage} | {r.outcome()} | {r.seconds:.1f} s |" in report
+
+    # the table: one row per class, the F1 of every variant, and the deltas
+    table = arts[PER_CLASS_KEY]
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert [r["class"] for r in rows] == ["5", "6", "7", "8", "9"]
+    for row in rows:
+        assert all(0.0 <= row[f"f1_{v}"] <= 1.0 for v in variants)
+        assert row["delta_augmented"] == pytest.approx(row["f1_augmented"] - row["f1_baseline"], abs=2e-4)

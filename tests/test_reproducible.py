@@ -1,10 +1,11 @@
 """Same params, same machine (CPU): two full `dvc repro` runs give the same metrics, byte for byte.
 
-The session's shared tiny run (conftest's `tiny_repro`, TINY_PARAMS) and a fresh clone of its git
-repo run with the same code and params, on CPU with one torch thread; every output is compared between
-them. The shared run forks its stages from the tests' fork server (tests/forkserver.py); the clone runs
-them as plain Python processes (`plain_pipeline_env()`), as a user's `dvc repro` does: so this also
-shows that the fork server changes no output.
+The session's shared tiny run (conftest's `tiny_repro`, TINY_PARAMS) and a fresh clone of its git repo run
+with the same code and params, on CPU with one torch thread; every output is compared between them. Both
+fork their stage processes from a fork server (tests/forkserver.py); the clone's is a server of its own,
+started for it, so its stages see another hash seed, as separate processes would. Then the stages that draw
+random numbers (shots, GAN, noise, fine-tuning) run again in the clone as plain Python processes, as a
+user's `dvc repro` runs them, and give the same outputs again: the fork server changes nothing.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+import forkserver
 from conftest import DVC, plain_pipeline_env, run
 
 OUTPUT_DIRS = ("data", "metrics", "reports", "plots", "models")
@@ -24,15 +26,10 @@ def outputs(project: Path) -> dict[str, bytes]:
             for d in OUTPUT_DIRS for p in sorted((project / d).rglob("*")) if p.is_file()}
 
 
-def test_two_full_runs_give_identical_metrics_and_outputs(tiny_repro, tmp_path):
-    # a fresh project from the shared one's commit (the same stages and params, not today's checkout:
-    # stages/ and ganaug/ may have changed since the session began), without its outputs, cache or run cache
-    fresh = tmp_path / "b"
-    run(["git", "clone", "-q", str(tiny_repro.project), str(fresh)], tmp_path)
-    assert not (fresh / "dvc.lock").exists() and not (fresh / ".dvc/cache").exists()
-    run(DVC + ["repro"], fresh, env=plain_pipeline_env())
-    projects = [tiny_repro.project, fresh]
+RANDOM_STAGES = ("prepare", "train_gan", "synthesize", "finetune@augmented")
 
+
+def assert_same_outputs(projects: list[Path]) -> None:
     a, b = (outputs(p) for p in projects)
     assert a["metrics/eval.json"] == b["metrics/eval.json"]
     assert b'"macro_f1"' in a["metrics/eval.json"]
@@ -45,3 +42,19 @@ def test_two_full_runs_give_identical_metrics_and_outputs(tiny_repro, tmp_path):
     for name in TIMED:
         sa, sb = (torch.load(p / name, map_location="cpu", weights_only=True)["state_dict"] for p in projects)
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), name
+
+
+def test_two_full_runs_give_identical_metrics_and_outputs(tiny_repro, tmp_path):
+    # a fresh project from the shared one's commit (the same stages and params, not today's checkout:
+    # stages/ and ganaug/ may have changed since the session began), without its outputs, cache or run cache
+    fresh = tmp_path / "b"
+    run(["git", "clone", "-q", str(tiny_repro.project), str(fresh)], tmp_path)
+    assert not (fresh / "dvc.lock").exists() and not (fresh / ".dvc/cache").exists()
+    plain = plain_pipeline_env()
+    run(DVC + ["repro"], fresh, env={**plain, **forkserver.start(plain)})
+    assert_same_outputs([tiny_repro.project, fresh])
+
+    for stage in RANDOM_STAGES:
+        rerun = run(DVC + ["repro", "--force", "--single-item", stage], fresh, env=plain)
+        assert f"Running stage '{stage}'" in rerun.stdout
+    assert_same_outputs([tiny_repro.project, fresh])
