@@ -25,8 +25,10 @@ repro: setup
 	@echo "Report:  reports/eval.md   (metrics: dvc metrics show; plots: plots/, dvc plots show)"
 	@cat reports/eval.md
 
-# Two pytest-xdist workers; the tests of one Prefect module run on one worker (xdist_group marks), sharing its test server.
-TEST_WORKERS ?= 2
+# Three pytest-xdist workers on two cores: much of the suite waits (Prefect servers, workers and polls), so a
+# third worker fills the cores (5:11 against 6:18-6:52 with two, 6:28 with four; docs/benchmarks.md). The
+# tests of one Prefect module run on one worker (xdist_group marks), sharing its test server.
+TEST_WORKERS ?= 3
 
 test: setup
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup

@@ -22,7 +22,7 @@ import torch
 from bench.common import ROOT, PROJECT_FILES, deep_update, make_project, tool_env  # noqa: F401 (re-exported to tests)
 import forkserver
 
-# Two pytest-xdist workers on two cores (`make test`): one torch thread each, in-process and in every stage
+# Three pytest-xdist workers on two cores (`make test`): one torch thread each, in-process and in every stage
 # subprocess (GANAUG_THREADS, read by ganaug/train/runtime.py configure_threads; inherited through tool_env()),
 # so that the workers don't oversubscribe the cores.
 os.environ.setdefault("GANAUG_THREADS", "1")

@@ -17,7 +17,7 @@ from pipeline.cli import build_parser, collect_overrides, main
 from pipeline.deploy import MANUAL, NIGHTLY
 from test_pipeline_flow import make_toy_repo
 
-# `pytest -n 2 --dist loadgroup` (`make test`): this module's tests on one worker, so that they share its
+# `pytest -n 3 --dist loadgroup` (`make test`): this module's tests on one worker, so that they share its
 # Prefect test server (a module fixture) and it starts once.
 pytestmark = pytest.mark.xdist_group("prefect_cli")
 ROOT = Path(__file__).resolve().parents[1]

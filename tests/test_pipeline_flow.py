@@ -36,7 +36,7 @@ from pipeline.run_params import AugmentParams
 from pipeline.workspace import workspace_lock
 from ganaug.config.params import Params
 
-# `pytest -n 2 --dist loadgroup` (`make test`): this module's tests on one worker, so that they share its
+# `pytest -n 3 --dist loadgroup` (`make test`): this module's tests on one worker, so that they share its
 # Prefect test server (a module fixture) and it starts once.
 pytestmark = pytest.mark.xdist_group("prefect_flow")
 ROOT = Path(__file__).resolve().parents[1]

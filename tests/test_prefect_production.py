@@ -20,7 +20,7 @@ from pipeline.flow import stage_exit_code
 from test_pipeline_flow import ONE_STAGE, artifacts_of, dvc, eventually, make_toy_repo, run_flow, task_runs_of
 from pipeline.report import REPORT_KEY
 
-# `pytest -n 2 --dist loadgroup` (`make test`): this module's tests on one worker, so that they share its
+# `pytest -n 3 --dist loadgroup` (`make test`): this module's tests on one worker, so that they share its
 # Prefect test server (a module fixture) and it starts once.
 pytestmark = pytest.mark.xdist_group("prefect_production")
 ROOT = Path(__file__).resolve().parents[1]
