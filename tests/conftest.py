@@ -80,7 +80,7 @@ def pipeline_env() -> dict:
 def forked_python() -> str:
     """The fork server's client as an interpreter (`pipeline_env()` started): a Python whose stage processes,
     and those of the Python processes it starts, are forked. For bench/uplift.py's pipelines."""
-    return str(Path(pipeline_env()["PATH"].split(os.pathsep)[0]) / "python")
+    return forkserver.client_python(pipeline_env())
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 600,

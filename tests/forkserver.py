@@ -37,6 +37,7 @@ import threading
 from pathlib import Path
 
 SOCKET_ENV = "GANAUG_TEST_FORKSERVER"  # the server's socket path, in the environment of its clients
+_SERVERS: list[subprocess.Popen] = []  # kept referenced: their stdin pipes open for as long as this process lives
 PRELOAD = ("torch", "torch._dynamo", "torch.optim", "numpy", "pandas", "pyarrow.parquet", "sklearn.metrics",
            "sklearn.datasets", "scipy.ndimage", "torchvision", "torchvision.transforms.v2", "PIL.Image", "yaml",
            "pydantic", "tqdm", "matplotlib")
@@ -112,7 +113,6 @@ def _child(conn: socket.socket, request: dict, fds: list[int]) -> None:
     """Become the stage process: its streams, folder, environment and argv; run the module; report."""
     import random
     import runpy
-    import threading
     import traceback
 
     import numpy as np
@@ -207,11 +207,13 @@ def start(env: dict[str, str]) -> dict[str, str]:
                             stdout=subprocess.PIPE, text=True)
     if proc.stdout.readline().strip() != "ready":
         raise RuntimeError(f"the stage fork server did not start (exit code {proc.wait()})")
-    start.servers.append(proc)  # kept referenced: its stdin pipe open for as long as this process lives
-    return {"PATH": f"{folder / 'bin'}{os.pathsep}{env.get('PATH', '')}", SOCKET_ENV: str(sock)}
+    _SERVERS.append(proc)
+    return {"PATH": f"{client_path.parent}{os.pathsep}{env.get('PATH', '')}", SOCKET_ENV: str(sock)}
 
 
-start.servers = []
+def client_python(forked: dict[str, str]) -> str:
+    """The client of the server whose variables `start()` returned, as an interpreter (`<folder>/bin/python`)."""
+    return str(Path(forked[SOCKET_ENV]).parent / "bin" / "python")
 
 
 if __name__ == "__main__":

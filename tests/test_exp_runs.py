@@ -1,8 +1,8 @@
 """`dvc exp run` end to end with the pipeline's options, on copies of the session's shared tiny run.
 
-A full rerun of the 17 stage processes costs about as much as the shared run itself, whatever the tiny
-params: most of it is each process starting Python and torch. So options that touch different stages share
-one experiment, and each check below says which option it is about:
+A full rerun of the 17 stages costs about as much as the shared run itself, whatever the tiny params: most
+of it is per-stage cost (DVC's own work, and each stage process, forked from tests/forkserver.py). So options
+that touch different stages share one experiment, and each check below says which option it is about:
 - hostile class names (issue #14) with a transferred GAN (`gan.init: source`, FreezeD) and a filter;
 - restoration of occluded images (issue #16) feeding a meta-learned GAN start (issue #12), on an
   ImageFolder target of 28x28 PNGs with `-S data.shots=2`.
@@ -24,7 +24,6 @@ from test_dvc_pipeline import ALL_STAGES
 from ganaug.io.data import LoadOptions, load_digits_set
 from ganaug.io.imagefolder import class_folders
 from ganaug.nets.classifier import load_classifier
-
 
 
 def exp_run(project: Path, *settings: str, name: str) -> set[str]:
