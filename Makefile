@@ -25,9 +25,9 @@ repro: setup
 	@echo "Report:  reports/eval.md   (metrics: dvc metrics show; plots: plots/, dvc plots show)"
 	@cat reports/eval.md
 
-# Three pytest-xdist workers on two cores: much of the suite waits (Prefect servers, workers and polls), so a
-# third worker fills the cores (5:11 against 6:18-6:52 with two, 6:28 with four; docs/benchmarks.md). The
-# tests of one Prefect module run on one worker (xdist_group marks), sharing its test server.
+# Three pytest-xdist workers on two cores: part of the suite waits (Prefect workers and polls, locks), so a
+# third worker keeps both cores busy (docs/benchmarks.md, "Test suite time"). `--dist loadgroup` keeps any
+# xdist_group on one worker; the Prefect tests share one session server (tests/conftest.py), not a group.
 TEST_WORKERS ?= 3
 
 test: setup

@@ -1,16 +1,20 @@
 """Shared fixtures: tiny params, a throw-away git + DVC copy of the project, and one shared tiny `dvc repro`."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import inspect
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -26,9 +30,12 @@ import forkserver
 # subprocess (GANAUG_THREADS, read by ganaug/train/runtime.py configure_threads; inherited through tool_env()),
 # so that the workers don't oversubscribe the cores.
 os.environ.setdefault("GANAUG_THREADS", "1")
-# Prefect servers started by the tests (prefect_test_harness) send no usage analytics: offline that only
-# logs a false ERROR, and its writes compete for the test server's SQLite database.
+# The Prefect test server (`prefect_server` below) and the temporary servers of tests/test_prefect_production.py
+# send no usage analytics: offline that only logs a false ERROR, and its writes compete for the SQLite database.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Nor does DVC: without this each `dvc` command in a project without `core.analytics false` (a fresh
+# `dvc init`, a clone, the tests' own `dvc` calls) starts a `dvc daemon analytics` process (38 a suite).
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 # Prefect's own intervals, shortened for the test servers, workers and runners (the same code, sooner): a
 # worker or `serve` runner looks for scheduled runs every second instead of every 10, and a deployment run
 # that waited for its concurrency slot is retried after 1 s instead of 30.
@@ -44,6 +51,21 @@ torch.set_num_threads(int(os.environ["GANAUG_THREADS"]))
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "heavy: a test of many seconds (a pipeline, a Prefect deployment); run early")
+
+
+def pytest_collection_modifyitems(items):
+    """Heavy tests first, those that need the shared run after those that do not (it is being made meanwhile),
+    then the rest, each in collection order. pytest-xdist hands tests out in this order, so the short tests
+    even out the workers at the end instead of one worker finishing a pipeline alone."""
+    def rank(item) -> int:
+        if item.get_closest_marker("heavy") is None:
+            return 2
+        return 1 if "_tiny_repro_state" in item.fixturenames else 0
+    items.sort(key=rank)
+
+
 # Small enough for a full `dvc repro` in well under a minute on 2 cores.
 TINY_PARAMS = {
     "data": {"shots": 3, "image_size": 16},
@@ -55,7 +77,12 @@ TINY_PARAMS = {
     "restore": {"width": 8, "steps": 12, "adapt_steps": 4, "batch_size": 16, "checkpoint_every": 5},
 }
 
-DVC = [sys.executable, "-m", "dvc"]
+# This process's fork-server client (tests/forkserver.py), written now and served once `pipeline_env()` has
+# started its server. DVC through it: with `pipeline_env()` (run()'s default), each `dvc` command is forked
+# from the server; with an environment that names no server (tool_env(), plain_pipeline_env()), it is the
+# real `python -m dvc`.
+_CLIENT = forkserver.make_client()
+DVC = [str(_CLIENT / "bin" / "python"), "-m", "dvc"]
 
 
 def plain_pipeline_env() -> dict:
@@ -65,15 +92,18 @@ def plain_pipeline_env() -> dict:
 
 
 _forked: dict[str, str] = {}
+_forked_lock = threading.Lock()
 
 
 def pipeline_env() -> dict:
-    """`plain_pipeline_env()` with each `python -m stages.*` forked from a server that has imported torch
-    (tests/forkserver.py): a tiny `dvc repro` in about a third of the time. Started once per test process.
-    tests/test_reproducible.py checks that it gives the plain processes' outputs, byte for byte."""
+    """`plain_pipeline_env()` with each `python -m stages.*` and `python -m dvc` forked from a server that has
+    imported torch and DVC (tests/forkserver.py): a tiny `dvc repro` in about a third of the time. Started once
+    per test process. tests/test_reproducible.py checks that it gives the plain processes' outputs, byte for
+    byte."""
     env = plain_pipeline_env()
-    if not _forked:
-        _forked.update(forkserver.start(env))
+    with _forked_lock:  # the shared run's thread and a test may ask at once: one server, for the one client
+        if not _forked:
+            _forked.update(forkserver.start(env, _CLIENT))
     return {**env, **_forked}
 
 
@@ -85,7 +115,8 @@ def forked_python() -> str:
 
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 600,
         env: Optional[dict] = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env or tool_env(), capture_output=True, text=True, timeout=timeout)
+    """`cmd` in `cwd`, its output captured; `env` defaults to `pipeline_env()` (DVC and the stages forked)."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env or pipeline_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -137,11 +168,11 @@ def _restore_modes(root: Path, modes: dict[str, int]) -> None:
         Path(root, rel).chmod(mode)
 
 
-def _shared_folder(tmp_path_factory, worker_id: str) -> Path:
-    """The folder of the shared run: in the parent of the xdist workers' base temp folders (one per session),
-    or this session's own base temp folder without xdist."""
+def _shared_folder(tmp_path_factory, worker_id: str, name: str = "tiny_repro") -> Path:
+    """A folder shared by the session's processes (the shared run's by default): in the parent of the xdist
+    workers' base temp folders (one per session), or this session's own base temp folder without xdist."""
     base = tmp_path_factory.getbasetemp()
-    folder = (base if worker_id == "master" else base.parent) / "tiny_repro"
+    folder = (base if worker_id == "master" else base.parent) / name
     folder.mkdir(exist_ok=True)
     return folder
 
@@ -217,3 +248,107 @@ def tiny_repro_copy(_tiny_repro_state, tmp_path: Path) -> Path:
     status = run(DVC + ["status"], dest, env=pipeline_env())
     assert "up to date" in status.stdout, status.stdout + status.stderr
     return dest
+
+
+# --- one Prefect test server for the session ----------------------------------------------------------
+
+# Runs the server (argv[2:]) until it exits or process argv[1] (the test session's main process) is gone.
+_SERVER_WATCH = """
+import os, subprocess, sys, time
+session, server = int(sys.argv[1]), subprocess.Popen(sys.argv[2:])
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+while server.poll() is None and alive(session):
+    time.sleep(1)
+server.terminate()
+try:
+    server.wait(10)
+except subprocess.TimeoutExpired:
+    server.kill()
+"""
+
+
+def _start_prefect_server(folder: Path, session_pid: int) -> str:
+    """Start what prefect_test_harness starts (the API and its services on a new SQLite database, no UI) in
+    the background, watched: it stops when the process `session_pid` exits. Returns its API URL."""
+    import prefect
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PREFECT_HOME": str(folder / "home"), "PREFECT_UI_ENABLED": "0",
+           "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{folder / 'prefect.db'}"}
+    env.pop("PREFECT_API_URL", None)
+    server = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parents[1]), "--factory",
+              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+              "--log-level", "error", "--lifespan", "on"]
+    with open(folder / "server.log", "w") as log:
+        subprocess.Popen([sys.executable, "-c", _SERVER_WATCH, str(session_pid), *server], env=env,
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    return f"http://127.0.0.1:{port}/api"
+
+
+def _wait_for_prefect_server(url: str, log: Path, timeout: float = 180.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the Prefect test server at {url} did not start in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory, worker_id) -> str:
+    """The API URL of the session's Prefect test server: a temporary SQLite database, as prefect_test_harness
+    makes one, but one server for all xdist workers (a start is about 15 s of CPU). The first worker that needs
+    it starts it; it stops when the test session's main process (the workers' parent) exits. Test modules
+    point Prefect at it with `prefect_settings(url)`."""
+    folder = _shared_folder(tmp_path_factory, worker_id, "prefect_server")
+    with open(folder / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held by the starter until the server answers
+        url_file = folder / "url"
+        if not url_file.exists():
+            session_pid = os.getpid() if worker_id == "master" else os.getppid()
+            url_file.write_text(_start_prefect_server(folder, session_pid))
+        url = url_file.read_text()
+        _wait_for_prefect_server(url, folder / "server.log")
+    return url
+
+
+@contextlib.contextmanager
+def prefect_settings(url: str):
+    """Prefect pointed at the test server `url` for a test module, as prefect_test_harness does it: the settings,
+    also as the process-global settings context (Prefect's background threads read that one), and on the way
+    out the log and event workers drained while the URL is still set (else, at exit, they would start a
+    temporary server of their own to flush to)."""
+    from prefect.context import _temporary_global_settings_context, get_settings_context
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:
+        try:
+            done = APILogWorker.instance().drain()
+            if inspect.isawaitable(done):
+                await done
+        except RuntimeError:  # never started
+            pass
+        done = EventsWorker.drain_all()
+        if inspect.isawaitable(done):
+            await done
+
+    with temporary_settings(updates={PREFECT_API_URL: url}), _temporary_global_settings_context(get_settings_context()):
+        try:
+            yield url
+        finally:
+            run_coro_as_sync(drain())

@@ -1,25 +1,29 @@
-"""A fork server for the stage processes of the tests' tiny pipelines: torch imported once, each stage forked.
+"""A fork server for the tests' tiny pipelines: torch and DVC imported once, each stage and `dvc` call forked.
 
 A tiny `dvc repro` is 17 stage processes, and most of each one's few seconds is starting Python and
-importing torch, torch._dynamo (the first optimiser imports it), pandas and scikit-learn. Here one server
-process imports them once; `python -m stages.<name> ...` (dvc.yaml's commands, found on PATH) is a small
+importing torch, torch._dynamo (the first optimiser imports it), pandas and scikit-learn; a `dvc` command
+that finds little to do spends half its time importing DVC. Here one server process imports them once;
+`python -m stages.<name> ...` (dvc.yaml's commands, found on PATH) and `python -m dvc ...` go to a small
 client, `bin/python`, that hands its arguments, working folder, environment and standard streams to the
-server, which forks a child that runs the stage module as `python -m` would and exits with its code.
+server, which forks a child that runs the module as `python -m` would and exits with its code.
 Everything else the client is asked to run (`python toy.py`, `python -m pipeline`) it execs as the real
-Python, with the same process id.
+Python, with the same process id; so does a client whose environment names no server (SOCKET_ENV).
 
 What differs from a fresh interpreter, and how it is kept out of the results:
 - modules of the project (stages, ganaug) are never imported by the server, so the child imports the
   project's own copy, as edited by the test;
 - Python's `random` and numpy's global generator are reseeded from the OS in each child, as a fresh
   process seeds them; torch's default generator is untouched by the server (its fixed start-up seed);
-- the hash seed is the server's for every child.
+- the hash seed is the server's for every child;
+- a forked `dvc` is not in its client's process group, so killing the client's group does not reach the
+  stage processes that `dvc` started: the tests of killing, timeouts and cancellation
+  (tests/test_prefect_production.py) run plain `dvc`.
 tests/test_reproducible.py compares a run made through this server with one made by plain Python
 processes, byte for byte.
 Not used by the tests of thread counts (tests/test_threads.py) or timing (bench/throughput.py).
 
-`start()` writes the client and starts the server; the server exits when its parent (the test process)
-does, since it reads its standard input until end of file.
+`make_client()` writes the client; `start()` starts a server for it; the server exits when its parent
+(the test process) does, since it reads its standard input until end of file.
 """
 from __future__ import annotations
 
@@ -40,7 +44,10 @@ SOCKET_ENV = "GANAUG_TEST_FORKSERVER"  # the server's socket path, in the enviro
 _SERVERS: list[subprocess.Popen] = []  # kept referenced: their stdin pipes open for as long as this process lives
 PRELOAD = ("torch", "torch._dynamo", "torch.optim", "numpy", "pandas", "pyarrow.parquet", "sklearn.metrics",
            "sklearn.datasets", "scipy.ndimage", "torchvision", "torchvision.transforms.v2", "PIL.Image", "yaml",
-           "pydantic", "tqdm", "matplotlib")
+           "pydantic", "tqdm", "matplotlib",
+           "dvc.cli", "dvc.repo", "dvc.repo.index", "dvc.repo.reproduce", "dvc.repo.status", "dvc.stage",
+           "dvc.dvcfile", "dvc.commands.repro", "dvc.commands.status", "scmrepo.git")
+FORKED = ("stages.", "dvc")  # `-m` modules the client sends to the server: the stages, and DVC's command line
 
 
 # --- the wire: one JSON request with three file descriptors; the child's pid, then its exit code --------
@@ -91,8 +98,9 @@ def client(real_python: str, client_path: str, argv: list[str]) -> None:
     starts (`sys.executable -m ...`, or `python` first on PATH, as bench/common.py tool_env() puts it) are
     clients too. The client's folder is a view of the real environment (pyvenv.cfg, lib/) for that."""
     path = os.environ.get(SOCKET_ENV)
-    is_stage = len(argv) >= 2 and argv[0] == "-m" and argv[1].startswith("stages.")
-    if not (path and is_stage and os.path.exists(path)):
+    forked = len(argv) >= 2 and argv[0] == "-m" and any(
+        argv[1] == m or (m.endswith(".") and argv[1].startswith(m)) for m in FORKED)
+    if not (path and forked and os.path.exists(path)):
         os.execv(real_python, [client_path, *argv])
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
@@ -127,7 +135,8 @@ def _child(conn: socket.socket, request: dict, fds: list[int]) -> None:
     argv = request["argv"]
     module = argv[1]
     sys.argv = [module, *argv[2:]]  # runpy puts the module's file in argv[0]
-    sys.path[0] = request["cwd"]  # `python -m` puts the working folder first
+    pythonpath = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[:1] = [request["cwd"], *pythonpath]  # `python -m`: the working folder first, then PYTHONPATH
     random.seed()
     np.random.seed()
     conn.sendall(struct.pack("!i", os.getpid()))
@@ -190,25 +199,33 @@ def serve(path: str) -> None:
             os.close(fd)
 
 
-def start(env: dict[str, str]) -> dict[str, str]:
-    """Start a server with `env` (its clients' stages see their own environment); return the variables that
-    send `python -m stages.*` to it: PATH with the client (`<folder>/bin/python`) first, and the socket."""
+def make_client() -> Path:
+    """A new folder with the client, `bin/python`, and a view of this environment (pyvenv.cfg, lib/), so that
+    Python started as the client finds its packages; its server, if any, is started later by `start()`."""
     folder = Path(tempfile.mkdtemp(prefix="ganaug-fork-"))  # short: a socket path has at most 107 bytes
     (folder / "bin").mkdir()
-    (folder / "lib").symlink_to(Path(sys.prefix) / "lib")  # a view of this environment: Python started
-    if (Path(sys.prefix) / "pyvenv.cfg").is_file():  # as bin/python finds its packages here
+    (folder / "lib").symlink_to(Path(sys.prefix) / "lib")
+    if (Path(sys.prefix) / "pyvenv.cfg").is_file():
         shutil.copy(Path(sys.prefix) / "pyvenv.cfg", folder / "pyvenv.cfg")
     client_path = folder / "bin" / "python"
     client_path.write_text(CLIENT.format(python=sys.executable, client=str(client_path),
                                          folder=str(Path(__file__).parent)))
     client_path.chmod(0o755)
+    return folder
+
+
+def start(env: dict[str, str], folder: Path | None = None) -> dict[str, str]:
+    """Start a server with `env` (its children see their own clients' environments) for the client in `folder`
+    (a new one by default); return the variables that send `python -m stages.*` and `python -m dvc` to it:
+    PATH with the client (`<folder>/bin/python`) first, and the socket."""
+    folder = folder or make_client()
     sock = folder / "socket"
     proc = subprocess.Popen([sys.executable, __file__, str(sock)], env=env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     if proc.stdout.readline().strip() != "ready":
         raise RuntimeError(f"the stage fork server did not start (exit code {proc.wait()})")
     _SERVERS.append(proc)
-    return {"PATH": f"{client_path.parent}{os.pathsep}{env.get('PATH', '')}", SOCKET_ENV: str(sock)}
+    return {"PATH": f"{folder / 'bin'}{os.pathsep}{env.get('PATH', '')}", SOCKET_ENV: str(sock)}
 
 
 def client_python(forked: dict[str, str]) -> str:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import ROOT, make_project, run, tool_env
+from conftest import ROOT, forked_python, make_project, pipeline_env, run, tool_env
 from ganaug.config.errors import DataError
 from ganaug.config.params import DataParams
 from ganaug.io.data import ImageSet, LoadOptions, load_manifest_set, load_prepared, load_training_set
@@ -383,10 +383,13 @@ def test_concat_refuses_a_synthetic_manifest_leaving_its_root_and_writes_nothing
 # ---------------------------------------------------------------- through the real CLI
 
 def run_stage(project: Path, params: dict, module: str = "stages.prepare") -> subprocess.CompletedProcess:
-    """`python -m <module>` in `project` with its own params.yaml, as a user runs it."""
+    """`python -m <module>` in `project` with its own params.yaml, as a user runs it; forked from the tests' fork
+    server (tests/forkserver.py: its exit code, streams and tracebacks are a `python -m`'s). The plain process,
+    under `dvc repro`, is test_dvc_repro_fails_with_the_one_line_error."""
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**tool_env(), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", module], cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    env = {**pipeline_env(), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([forked_python(), "-m", module], cwd=project, env=env, capture_output=True, text=True,
+                          timeout=120)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -441,7 +444,8 @@ def test_prepare_cli_with_skip_reports_and_lists_the_skipped_files(tmp_path):
 
 def test_dvc_repro_fails_with_the_one_line_error(tmp_path):
     project = make_project(tmp_path / "project", {"data": {"shots": -2}})
-    proc = run([sys.executable, "-m", "dvc", "repro", "prepare"], project, check=False, timeout=300)
+    proc = run([sys.executable, "-m", "dvc", "repro", "prepare"], project, check=False, timeout=300,
+               env=tool_env())  # plain processes, DVC's and the stage's, as a user runs them
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr
     errors = [line for line in output.splitlines() if line.startswith("error: ")]

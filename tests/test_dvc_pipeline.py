@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 import yaml
 from torchvision.datasets import ImageFolder
 
@@ -24,6 +25,7 @@ def set_params(project, extra: dict) -> None:
     path.write_text(yaml.safe_dump(deep_update(yaml.safe_load(path.read_text()), extra), sort_keys=False))
 
 
+@pytest.mark.heavy
 def test_repro_runs_everything_then_skips_then_reruns_only_downstream(tiny_repro, tiny_repro_copy):
     assert ran_stages(tiny_repro.stdout) == ALL_STAGES  # the shared first `dvc repro` ran every stage
     project = tiny_repro_copy

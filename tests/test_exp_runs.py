@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
@@ -82,6 +83,7 @@ def check_transfer(project: Path, scratch_gan_metrics: dict, class_names: list[s
     assert "metrics/gan.json" in shown and "kid" in shown
 
 
+@pytest.mark.heavy
 def test_hostile_class_names_with_a_transferred_gan_run_end_to_end(tiny_repro_copy, tmp_path):
     project = tiny_repro_copy  # scratch (gan.init=scratch): the source GAN is only a placeholder
     assert "placeholder" in torch.load(project / "models/gan_source.pt", weights_only=True)
@@ -146,6 +148,7 @@ def check_imagefolder_target(project: Path) -> None:
     assert img.size == (28, 28) and img.mode == "L"
 
 
+@pytest.mark.heavy
 def test_restoration_feeding_a_meta_learned_gan_on_an_imagefolder_target_runs_end_to_end(tiny_repro_copy, tmp_path):
     project = tiny_repro_copy
     assert "placeholder" in torch.load(project / "models/gan_meta.pt", weights_only=True)

@@ -1,39 +1,34 @@
 """`ganaug run` and `ganaug serve` as a user runs them (subprocesses), against a test Prefect API."""
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
-from prefect.settings import PREFECT_API_URL
-from prefect.testing.utilities import prefect_test_harness
 
 from pipeline.cli import build_parser, collect_overrides, main
 from pipeline.deploy import MANUAL, NIGHTLY
+from conftest import DVC, forked_python, pipeline_env, prefect_settings, run
 from test_pipeline_flow import make_toy_repo
 
-# `pytest -n 3 --dist loadgroup` (`make test`): this module's tests on one worker, so that they share its
-# Prefect test server (a module fixture) and it starts once.
-pytestmark = pytest.mark.xdist_group("prefect_cli")
 ROOT = Path(__file__).resolve().parents[1]
 TOY_STAGES = ["prepare", "finetune@baseline", "finetune@augmented", "evaluate"]
 
 
 @pytest.fixture(scope="module")
-def api_url():
-    with prefect_test_harness(server_startup_timeout=120):  # a busy machine starts it slowly
-        yield PREFECT_API_URL.value()
+def api_url(prefect_server):
+    with prefect_settings(prefect_server) as url:  # the session's test server (conftest)
+        yield url
 
 
 def ganaug(*args: str, api_url: str, cwd: Path, **popen) -> list[str] | subprocess.Popen:
-    """The command line, as `python -m pipeline` (the `ganaug` console script's `main`)."""
-    env = dict(os.environ, PREFECT_API_URL=api_url, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "pipeline", *args]
+    """The command line, as `python -m pipeline` (the `ganaug` console script's `main`), started by the fork
+    server's client: its `dvc` commands (`sys.executable -m dvc`) are forked (tests/forkserver.py)."""
+    env = dict(pipeline_env(), PREFECT_API_URL=api_url, PYTHONPATH=str(ROOT))
+    cmd = [forked_python(), "-m", "pipeline", *args]
     if popen:
         return subprocess.Popen(cmd, cwd=cwd, env=env, **popen)
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
@@ -77,26 +72,26 @@ def test_repo_that_is_not_a_dvc_project_exits_2(tmp_path, capsys):
     assert "no dvc.yaml here" in capsys.readouterr().err
 
 
-def test_run_runs_everything_then_skips_everything_then_shots_is_an_experiment(tmp_path, api_url):
+@pytest.mark.heavy
+def test_run_runs_everything_then_an_override_is_an_experiment_that_skips_what_it_does_not_change(tmp_path, api_url):
     repo = make_toy_repo(tmp_path / "toy")
-    first = ganaug("run", api_url=api_url, cwd=repo)  # --repo defaults to the current directory
+    first = ganaug("run", "--repo", str(repo), api_url=api_url, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert stage_lines(first.stdout) == {s: "ran" for s in TOY_STAGES}
-
-    second = ganaug("run", "--repo", str(repo), api_url=api_url, cwd=tmp_path)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert stage_lines(second.stdout) == {s: "skipped" for s in TOY_STAGES}
-    assert "0 ran, 4 skipped" in second.stdout
+    assert "4 ran, 0 skipped" in first.stdout
 
     params = (repo / "params.yaml").read_bytes()
-    third = ganaug("run", "--shots", "2", "--exp-name", "two-shots", api_url=api_url, cwd=repo)
-    assert third.returncode == 0, third.stderr[-3000:]
-    assert "saved as DVC experiment 'two-shots'" in third.stdout
-    assert stage_lines(third.stdout)["prepare"] == "ran"
+    # --repo defaults to the current directory; finetune.steps is read by the finetune stages only, so the
+    # experiment restores prepare from DVC's run cache (evaluate's metrics are not run-cached: it runs)
+    second = ganaug("run", "--set", "finetune.steps=7", "--exp-name", "seven-steps", api_url=api_url, cwd=repo)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "saved as DVC experiment 'seven-steps'" in second.stdout
+    assert stage_lines(second.stdout) == {"prepare": "skipped", "finetune@baseline": "ran",
+                                          "finetune@augmented": "ran", "evaluate": "ran"}
+    assert "3 ran, 1 skipped" in second.stdout
     assert (repo / "params.yaml").read_bytes() == params
-    exps = subprocess.run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], cwd=repo,
-                          capture_output=True, text=True).stdout.split()
-    assert exps == ["two-shots"]
+    exps = run(DVC + ["exp", "list", "--name-only"], repo).stdout.split()
+    assert exps == ["seven-steps"]
 
 
 def test_failing_stage_exits_1_with_its_stderr(tmp_path, api_url, monkeypatch):
@@ -108,17 +103,20 @@ def test_failing_stage_exits_1_with_its_stderr(tmp_path, api_url, monkeypatch):
     assert "stage 'finetune@baseline' failed" in proc.stderr and "toy: finetune is broken on purpose" in proc.stderr
 
 
+# test_pipeline_flow.py's test_deployments_nightly_cron_and_manual registers the same two deployments on the
+# session's Prefect server: the group runs them one after the other.
+@pytest.mark.heavy
+@pytest.mark.xdist_group("augment_deployments")
 def test_serve_registers_both_deployments_and_runs_the_manual_one(tmp_path, api_url):
     repo = make_toy_repo(tmp_path / "toy")
     server = ganaug("serve", "--repo", str(repo), "--retries", "0", "--cron", "30 3 * * *",
                     api_url=api_url, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with get_client(sync_client=True) as client:
-            nightly = _wait_for_deployment(client, f"augment/{NIGHTLY}", server)
-            manual = _wait_for_deployment(client, f"augment/{MANUAL}", server)
+            nightly = _wait_for_deployment(client, f"augment/{NIGHTLY}", server, repo)
+            manual = _wait_for_deployment(client, f"augment/{MANUAL}", server, repo)
         assert [s.schedule.cron for s in nightly.schedules] == ["30 3 * * *"]
         assert manual.schedules == []
-        assert nightly.parameters["params"]["repo"] == str(repo)
 
         flow_run = run_deployment(f"augment/{MANUAL}", timeout=240)
         assert flow_run.state.is_completed(), flow_run.state.message
@@ -128,12 +126,18 @@ def test_serve_registers_both_deployments_and_runs_the_manual_one(tmp_path, api_
         server.wait(30)
 
 
-def _wait_for_deployment(client, name: str, server: subprocess.Popen, timeout: float = 90.0):
+def _wait_for_deployment(client, name: str, server: subprocess.Popen, repo: Path, timeout: float = 90.0):
+    """The deployment `name` once `server` has registered it: its parameters name `repo` (the session's Prefect
+    server may hold an older deployment of that name, registered by another test)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return client.read_deployment_by_name(name)
+            found = client.read_deployment_by_name(name)
+            if found.parameters["params"]["repo"] == str(repo):
+                return found
         except Exception:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise
-            time.sleep(0.5)
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{name} was not registered for {repo}")
+        time.sleep(0.5)

@@ -1,4 +1,5 @@
-"""The Prefect flow (`pipeline/`) driving real DVC in throw-away git repos, under `prefect_test_harness`.
+"""The Prefect flow (`pipeline/`) driving real DVC in throw-away git repos, against the session's Prefect test
+server (conftest's `prefect_server`).
 
 The real pipeline (tiny params) is a copy of the session's shared run (conftest's `tiny_repro`); the
 mechanics (retries, failures, Dask, two runs at once) run on small stand-in DAGs whose stages are a few
@@ -24,9 +25,8 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.sorting import TaskRunSort
 from prefect.logging.handlers import APILogHandler
-from prefect.testing.utilities import prefect_test_harness
 
-from conftest import TINY_PARAMS
+from conftest import DVC, TINY_PARAMS, forked_python, pipeline_env, prefect_settings
 from pipeline.dag import parse_dot, read_dag
 from pipeline.deploy import DEFAULT_CRON, MANUAL, NIGHTLY, build_deployments
 from pipeline.flow import WAITING_STATE, augment, dask_task_runner
@@ -36,11 +36,7 @@ from pipeline.run_params import AugmentParams
 from pipeline.workspace import workspace_lock
 from ganaug.config.params import Params
 
-# `pytest -n 3 --dist loadgroup` (`make test`): this module's tests on one worker, so that they share its
-# Prefect test server (a module fixture) and it starts once.
-pytestmark = pytest.mark.xdist_group("prefect_flow")
 ROOT = Path(__file__).resolve().parents[1]
-DVC = [sys.executable, "-m", "dvc"]
 CORE_STAGES = {"prepare", "pretrain", "train_gan", "synthesize", "concat",
                "finetune@baseline", "finetune@augmented", "evaluate"}
 HAS_ALL_STAGES = all((ROOT / "stages" / f"{name}.py").exists() for name in ("train_gan", "synthesize"))
@@ -127,7 +123,7 @@ def git(cwd: Path, *args: str) -> str:
 
 
 def dvc(cwd: Path, *args: str) -> str:
-    proc = subprocess.run(DVC + list(args), cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(DVC + list(args), cwd=cwd, env=pipeline_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -143,8 +139,7 @@ def make_toy_repo(dest: Path, dvc_yaml: str = TOY_DAG) -> Path:
     git(dest, "init", "-q")
     git(dest, "config", "user.name", "ganaug-test")
     git(dest, "config", "user.email", "test@localhost")
-    dvc(dest, "init", "-q")
-    dvc(dest, "config", "core.analytics", "false")
+    dvc(dest, "init", "-q")  # no analytics: DVC_NO_ANALYTICS, set in conftest for every process of the tests
     git(dest, "add", "-A")
     git(dest, "commit", "-qm", "init")
     return dest
@@ -152,9 +147,20 @@ def make_toy_repo(dest: Path, dvc_yaml: str = TOY_DAG) -> Path:
 
 # --- Prefect helpers ------------------------------------------------------------------------------
 
+@pytest.fixture(autouse=True)
+def _forked_dvc(monkeypatch):
+    """This module's flows run in the test process: their `dvc` commands (`sys.executable -m dvc`) and the stages
+    those start are forked from the fork server (tests/forkserver.py), as in the shared run. Not for the tests of
+    killing, timeouts and cancellation (tests/test_prefect_production.py): a forked `dvc` is outside the process
+    group the flow kills."""
+    for key, value in pipeline_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(sys, "executable", forked_python())
+
+
 @pytest.fixture(scope="module")
-def prefect_api():
-    with prefect_test_harness(server_startup_timeout=120):  # a busy machine starts it slowly
+def prefect_api(prefect_server):
+    with prefect_settings(prefect_server):  # the session's test server (conftest)
         yield
 
 
@@ -380,6 +386,9 @@ def test_experiments_saved_at_the_same_moment_from_two_workspaces_both_land(tmp_
 
 # --- deployments --------------------------------------------------------------------------------------
 
+# test_pipeline_cli.py's serve test registers the same two deployments on the session's Prefect server: the
+# group runs them one after the other.
+@pytest.mark.xdist_group("augment_deployments")
 def test_deployments_nightly_cron_and_manual(tmp_path, prefect_api):
     repo = make_toy_repo(tmp_path / "toy", ONE_STAGE)
     params = AugmentParams(repo=str(repo), overrides={"data.shots": 5})
@@ -471,6 +480,7 @@ def dvc_api_edges(project: Path) -> set[tuple[str, str]]:
         return {(dep.name, stage.name) for stage, dep in repo.index.graph.edges()}
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(not HAS_ALL_STAGES, reason="stages/train_gan.py and stages/synthesize.py not written yet")
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # from DVC's Python API in dvc_api_edges
 def test_real_pipeline_override_runs_as_an_experiment_in_dag_order_and_is_reported(tiny_repro_copy, prefect_api):

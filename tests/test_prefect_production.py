@@ -12,25 +12,21 @@ from pathlib import Path
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
-from prefect.settings import PREFECT_API_URL
-from prefect.testing.utilities import prefect_test_harness
 
 from pipeline.deployed import ganaug_pipeline
 from pipeline.flow import stage_exit_code
+from conftest import prefect_settings
 from test_pipeline_flow import ONE_STAGE, artifacts_of, dvc, eventually, make_toy_repo, run_flow, task_runs_of
 from pipeline.report import REPORT_KEY
 
-# `pytest -n 3 --dist loadgroup` (`make test`): this module's tests on one worker, so that they share its
-# Prefect test server (a module fixture) and it starts once.
-pytestmark = pytest.mark.xdist_group("prefect_production")
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = [sys.executable, "-m", "prefect"]
 
 
 @pytest.fixture(scope="module")
-def api_url():
-    with prefect_test_harness(server_startup_timeout=120):  # a busy machine starts it slowly
-        yield PREFECT_API_URL.value()
+def api_url(prefect_server):
+    with prefect_settings(prefect_server) as url:  # the session's test server (conftest)
+        yield url
 
 
 def env_for(api_url: str, **extra: str) -> dict[str, str]:
@@ -88,6 +84,7 @@ def test_a_stage_timeout_stops_the_stage_process(tmp_path, api_url, monkeypatch)
     assert eventually(lambda: not alive(pid), timeout=30), f"stage process {pid} outlived its timeout"
 
 
+@pytest.mark.heavy
 def test_a_run_timeout_stops_the_running_stage_and_retries_nothing(tmp_path, api_url, monkeypatch):
     repo = make_toy_repo(tmp_path / "toy", ONE_STAGE)
     pidfile = tmp_path / "pid"
@@ -101,6 +98,7 @@ def test_a_run_timeout_stops_the_running_stage_and_retries_nothing(tmp_path, api
     assert getattr(task_runs_of(run_id)["prepare"], "run_count") == 1  # not retried after the deadline
 
 
+@pytest.mark.heavy
 def test_killing_a_run_mid_stage_leaves_no_process_and_the_next_run_succeeds(tmp_path, api_url):
     repo = make_toy_repo(tmp_path / "toy")
     pidfile = tmp_path / "pid"
@@ -153,7 +151,11 @@ def worker_once(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProc
                           capture_output=True, text=True, timeout=600)
 
 
-def test_prefect_yaml_deploys_to_a_process_pool_and_a_worker_runs_the_manual_deployment(tmp_path, api_url):
+@pytest.mark.heavy
+def test_prefect_yaml_deploys_to_a_process_pool_and_a_worker_runs_waits_and_cancels_the_manual_deployment(
+        tmp_path, api_url):
+    # One deployment and one pool for the three checks, in order: a worker runs the manual deployment one run
+    # at a time; the run that waited for its slot runs next; a run cancelled mid-stage stops its processes.
     repo, env = deploy_toy(tmp_path, api_url)
     with get_client(sync_client=True) as client:
         nightly = client.read_deployment_by_name("ganaug-pipeline/nightly")
@@ -178,43 +180,40 @@ def test_prefect_yaml_deploys_to_a_process_pool_and_a_worker_runs_the_manual_dep
     worker = subprocess.Popen(PREFECT + ["worker", "start", "--pool", "ganaug"], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:  # ... and runs once its slot is free (Prefect reschedules it a little later)
-        def waited_done():
+        def final(run_id):
             with get_client(sync_client=True) as client:
-                return client.read_flow_run(runs[waited].id).state.is_final()
-        assert eventually(waited_done, timeout=300)
-    finally:
-        stop(worker)
-    with get_client(sync_client=True) as client:
-        later = client.read_flow_run(runs[waited].id)
-    assert later.state.is_completed(), later.state
-    assert later.name.startswith(f"toy: data.shots={waited}")
-
-
-def test_cancelling_a_flow_run_mid_stage_stops_its_processes_and_the_next_run_succeeds(tmp_path, api_url):
-    repo, env = deploy_toy(tmp_path, api_url)
-    pidfile = tmp_path / "pid"
-    worker = subprocess.Popen(PREFECT + ["worker", "start", "--pool", "ganaug"], cwd=tmp_path,
-                              env={**env, "TOY_SLEEP": "600", "TOY_PIDFILE": str(pidfile)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+                return client.read_flow_run(run_id).state.is_final()
+        assert eventually(lambda: final(runs[waited].id), timeout=300)
         with get_client(sync_client=True) as client:
-            manual = client.read_deployment_by_name("ganaug-pipeline/manual")
-            run = client.create_flow_run_from_deployment(manual.id, parameters={"retries": 0})
-        stage_pid = Path(f"{pidfile}.baseline")
-        assert eventually(stage_pid.exists, timeout=180), "the finetune stage never started"
-        pid = int(stage_pid.read_text())
-        cancel = subprocess.run(PREFECT + ["flow-run", "cancel", str(run.id)], cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=120)
-        assert cancel.returncode == 0, cancel.stdout + cancel.stderr
-
-        def cancelled():
-            with get_client(sync_client=True) as client:
-                return client.read_flow_run(run.id).state.is_cancelled()
-        assert eventually(cancelled, timeout=120)
-        assert eventually(lambda: not alive(pid), timeout=60), f"stage process {pid} outlived its cancelled run"
+            later = client.read_flow_run(runs[waited].id)
+        assert later.state.is_completed(), later.state
+        assert later.name.startswith(f"toy: data.shots={waited}")
+        assert_cancelling_mid_stage_stops_its_processes(tmp_path, env, manual.id)
     finally:
         stop(worker)
     again = subprocess.run([sys.executable, "-m", "pipeline", "run", "--retries", "0", "--repo", str(repo)],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "up to date" in dvc(repo, "status")
+
+
+def assert_cancelling_mid_stage_stops_its_processes(tmp_path: Path, env: dict[str, str], deployment_id) -> None:
+    """A run of the deployment whose stages sleep (the process pool's `env` job variable), cancelled with
+    `prefect flow-run cancel` once a stage process runs: the run ends Cancelled and takes the process with it."""
+    pidfile = tmp_path / "pid"
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run_from_deployment(
+            deployment_id, parameters={"retries": 0},
+            job_variables={"env": {"TOY_SLEEP": "600", "TOY_PIDFILE": str(pidfile)}})
+    stage_pid = Path(f"{pidfile}.baseline")
+    assert eventually(stage_pid.exists, timeout=180), "the finetune stage never started"
+    pid = int(stage_pid.read_text())
+    cancel = subprocess.run(PREFECT + ["flow-run", "cancel", str(run.id)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+
+    def cancelled():
+        with get_client(sync_client=True) as client:
+            return client.read_flow_run(run.id).state.is_cancelled()
+    assert eventually(cancelled, timeout=120)
+    assert eventually(lambda: not alive(pid), timeout=60), f"stage process {pid} outlived its cancelled run"

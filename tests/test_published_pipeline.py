@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from conftest import DVC, deep_update, pipeline_env, run
@@ -26,6 +27,7 @@ def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.heavy
 def test_a_consumer_imports_the_dataset_through_the_remote_alone_and_updates_it(tiny_repro_copy, tmp_path):
     # the README's downstream section, both sides. Producer: a remote, push, and git pushed to a bare
     # "server" repo (which has no DVC cache and no workspace). Consumer: its own repo, importing by git URL.

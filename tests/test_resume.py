@@ -222,6 +222,7 @@ def gan_tensors(project: Path) -> dict[str, torch.Tensor]:
     return {f"{net}.{k}": v for net in ("generator", "generator_ema", "discriminator") for k, v in blob[net].items()}
 
 
+@pytest.mark.heavy
 def test_gan_training_killed_with_sigkill_resumes_bit_identically(tmp_path):
     code = snapshot_code(tmp_path / "code")
     killed = gan_project(tmp_path / "killed")

@@ -25,6 +25,7 @@ def threads_in_fresh_process(value: str | None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", THREADS], cwd=ROOT, env=env, capture_output=True, text=True)
 
 
+@pytest.mark.heavy
 def test_stage_threads_default_is_torchs_and_the_variable_overrides_it():
     default = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
                              capture_output=True, text=True).stdout.split()
@@ -81,6 +82,7 @@ def _run(cmd: list[str], cwd, env=None) -> str:
     return proc.stdout
 
 
+@pytest.mark.heavy
 def test_ganaug_queue_gives_each_queued_experiment_its_share_of_the_cores(tmp_path):
     dvc, repo = [sys.executable, "-m", "dvc"], tmp_path / "repo"
     repo.mkdir()
