@@ -23,6 +23,9 @@ import yaml
 LOCK_FILE = "dvc.lock"
 DVC_REPO_LOCK = Path(".dvc/tmp/lock")
 RESTORED = "is cached - skipping run"  # DVC's line for a stage restored from its run cache
+# libyaml's safe loader where PyYAML has it: ganaug's dvc.lock lists every code dependency of every stage
+# (about 50 KB), which the pure-Python loader reads in 0.12 s and libyaml's in 0.03 s, twice per stage run
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ def read_lock(root: Path) -> dict:
     path = root / LOCK_FILE
     with Lock(str(root / DVC_REPO_LOCK), wait=True):
         text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    return (yaml.safe_load(text) or {}).get("stages") or {}
+    return (yaml.load(text, Loader=_SAFE_LOADER) or {}).get("stages") or {}
 
 
 def _stat(path: Path) -> Optional[tuple[int, int]]:
