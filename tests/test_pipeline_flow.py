@@ -333,10 +333,13 @@ def test_two_flow_runs_at_once_are_serialised(tmp_path, prefect_api, monkeypatch
     assert "up to date" in dvc(repo, "status")
 
 
-def flow_runs_in_state(name: str) -> list:
+def flow_runs_in_state(name: str, repo: Path) -> list:
+    """The flow runs of project `repo` now in the state named `name` (the session's Prefect server also holds
+    other tests' runs, which may be waiting for their own workspaces at the same moment)."""
     with get_client(sync_client=True) as client:
-        return client.read_flow_runs(flow_run_filter=FlowRunFilter(
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             state=FlowRunFilterState(name=FlowRunFilterStateName(any_=[name]))))
+    return [r for r in runs if (r.parameters.get("params") or {}).get("repo") == str(repo)]
 
 
 def test_a_run_waiting_for_the_workspace_shows_as_waiting_in_prefect(tmp_path, prefect_api):
@@ -346,7 +349,7 @@ def test_a_run_waiting_for_the_workspace_shows_as_waiting_in_prefect(tmp_path, p
                                                                        return_state=True)))
     with workspace_lock(repo, lambda _: None):  # another run holds the workspace
         run.start()
-        waiting = eventually(lambda: flow_runs_in_state(WAITING_STATE), timeout=120)
+        waiting = eventually(lambda: flow_runs_in_state(WAITING_STATE, repo), timeout=120)
         assert len(waiting) == 1 and "waiting for the other flow run" in waiting[0].state.message
         assert not (repo / "data/prepared").exists()  # nothing ran while it waited
     run.join()
