@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-import torch
+
+# Before torch loads its OpenMP runtime (here, and inherited by every process the tests start): a thread that
+# waits at an OpenMP barrier sleeps instead of spinning. The suite runs more threads than the machine has
+# cores (three workers, their pipelines, the tests of thread counts), and spinning threads burned CPU the
+# others needed (three concurrent runs of the throughput smoke test: 69 busy core-seconds, 57 passive).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
 
 # One copy of the project-in-a-temp-repo helpers, shared with the benchmarks.
 from bench.common import ROOT, PROJECT_FILES, deep_update, make_project, tool_env  # noqa: F401 (re-exported to tests)
