@@ -205,14 +205,25 @@ def checkpoint_step(path: Path) -> int:
 
 
 def wait_for_checkpoint(proc: subprocess.Popen, project: Path, min_step: int, timeout: float = 300) -> int:
-    """Poll until the running trainer has checkpointed at least `min_step`; return that step."""
+    """Poll until the running trainer has checkpointed at least `min_step`; return that step. Every 10 ms, but a
+    checkpoint is loaded only when its file is new or rewritten (loading each one on every poll took most of a
+    core away from the trainer and the rest of the suite)."""
     deadline = time.monotonic() + timeout
+    seen: dict[Path, tuple[int, int]] = {}
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"train_gan ended before it could be killed:\n{proc.communicate()}"
         for f in checkpoint_files(project):
+            try:
+                st = f.stat()
+            except FileNotFoundError:  # replaced or removed since the listing
+                continue
+            if seen.get(f) == (st.st_mtime_ns, st.st_size):
+                continue
             step = checkpoint_step(f)
             if step >= min_step:
                 return step
+            if step >= 0:
+                seen[f] = (st.st_mtime_ns, st.st_size)
         time.sleep(0.01)
     raise AssertionError(f"no checkpoint of step >= {min_step} within {timeout} s")
 
