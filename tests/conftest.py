@@ -1,7 +1,6 @@
 """Shared fixtures: tiny params, a throw-away git + DVC copy of the project, and one shared tiny `dvc repro`."""
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import inspect
 import json
@@ -57,6 +56,11 @@ torch.set_num_threads(int(os.environ["GANAUG_THREADS"]))
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+def _needs_shared_run(item) -> bool:
+    """The test uses the session's shared tiny run (`tiny_repro`, `tiny_repro_copy`)."""
+    return "_tiny_repro_state" in item.fixturenames
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "heavy: a test of many seconds (a pipeline, a Prefect deployment); run early")
 
@@ -68,7 +72,7 @@ def pytest_collection_modifyitems(items):
     def rank(item) -> int:
         if item.get_closest_marker("heavy") is None:
             return 2
-        return 1 if "_tiny_repro_state" in item.fixturenames else 0
+        return 1 if _needs_shared_run(item) else 0
     items.sort(key=rank)
 
 
@@ -87,8 +91,8 @@ TINY_PARAMS = {
 # started its server. DVC through it: with `pipeline_env()` (run()'s default), each `dvc` command is forked
 # from the server; with an environment that names no server (tool_env(), plain_pipeline_env()), it is the
 # real `python -m dvc`.
-_CLIENT = forkserver.make_client()
-DVC = [str(_CLIENT / "bin" / "python"), "-m", "dvc"]
+_CLIENT_PYTHON = str(forkserver.make_client() / "bin" / "python")
+DVC = [_CLIENT_PYTHON, "-m", "dvc"]
 
 
 def plain_pipeline_env() -> dict:
@@ -109,14 +113,15 @@ def pipeline_env() -> dict:
     env = plain_pipeline_env()
     with _forked_lock:  # the shared run's thread and a test may ask at once: one server, for the one client
         if not _forked:
-            _forked.update(forkserver.start(env, _CLIENT))
+            _forked.update(forkserver.start(env, Path(_CLIENT_PYTHON).parents[1]))
     return {**env, **_forked}
 
 
 def forked_python() -> str:
     """The fork server's client as an interpreter (`pipeline_env()` started): a Python whose stage processes,
     and those of the Python processes it starts, are forked. For bench/uplift.py's pipelines."""
-    return forkserver.client_python(pipeline_env())
+    pipeline_env()
+    return _CLIENT_PYTHON
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 600,
@@ -199,7 +204,7 @@ def _start_shared_run(tmp_path_factory, worker_id, request):
     """When a collected test needs the shared run, start it at once, in a thread of whichever worker takes
     the lock first: it runs (on about one core) while the workers go through tests that do not need it. The
     lock is released when it is done."""
-    if not any("_tiny_repro_state" in item.fixturenames for item in request.session.items):
+    if not any(_needs_shared_run(item) for item in request.session.items):
         yield
         return
     lock = open(_shared_folder(tmp_path_factory, worker_id) / "lock", "w")
@@ -316,8 +321,8 @@ def _wait_for_prefect_server(url: str, log: Path, timeout: float = 180.0) -> Non
 def prefect_server(tmp_path_factory, worker_id) -> str:
     """The API URL of the session's Prefect test server: a temporary SQLite database, as prefect_test_harness
     makes one, but one server for all xdist workers (a start is about 15 s of CPU). The first worker that needs
-    it starts it; it stops when the test session's main process (the workers' parent) exits. Test modules
-    point Prefect at it with `prefect_settings(url)`."""
+    it starts it; it stops when the test session's main process (the workers' parent) exits. Tests take it
+    through `api_url`."""
     folder = _shared_folder(tmp_path_factory, worker_id, "prefect_server")
     with open(folder / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # held by the starter until the server answers
@@ -330,12 +335,12 @@ def prefect_server(tmp_path_factory, worker_id) -> str:
     return url
 
 
-@contextlib.contextmanager
-def prefect_settings(url: str):
-    """Prefect pointed at the test server `url` for a test module, as prefect_test_harness does it: the settings,
-    also as the process-global settings context (Prefect's background threads read that one), and on the way
-    out the log and event workers drained while the URL is still set (else, at exit, they would start a
-    temporary server of their own to flush to)."""
+@pytest.fixture(scope="module")
+def api_url(prefect_server):
+    """The session's Prefect test server for this module's tests, its URL; set up as prefect_test_harness does
+    it: the settings, also as the process-global settings context (Prefect's background threads read that
+    one), and on the way out the log and event workers drained while the URL is still set (else, at exit, they
+    would start a temporary server of their own to flush to)."""
     from prefect.context import _temporary_global_settings_context, get_settings_context
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
@@ -353,8 +358,9 @@ def prefect_settings(url: str):
         if inspect.isawaitable(done):
             await done
 
-    with temporary_settings(updates={PREFECT_API_URL: url}), _temporary_global_settings_context(get_settings_context()):
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}), \
+            _temporary_global_settings_context(get_settings_context()):
         try:
-            yield url
+            yield prefect_server
         finally:
             run_coro_as_sync(drain())

@@ -93,7 +93,7 @@ forkserver.client({python!r}, {client!r}, sys.argv[1:])
 
 
 def client(real_python: str, client_path: str, argv: list[str]) -> None:
-    """`python ARGS`: a stage module goes to the server; anything else is exec'd (same pid) as the real Python
+    """`python ARGS`: `-m` of a module in FORKED goes to the server; anything else is exec'd (same pid) as the real Python
     named by the client's path, so that its `sys.executable` is the client and the Python processes it
     starts (`sys.executable -m ...`, or `python` first on PATH, as bench/common.py tool_env() puts it) are
     clients too. The client's folder is a view of the real environment (pyvenv.cfg, lib/) for that."""
@@ -226,11 +226,6 @@ def start(env: dict[str, str], folder: Path | None = None) -> dict[str, str]:
         raise RuntimeError(f"the stage fork server did not start (exit code {proc.wait()})")
     _SERVERS.append(proc)
     return {"PATH": f"{folder / 'bin'}{os.pathsep}{env.get('PATH', '')}", SOCKET_ENV: str(sock)}
-
-
-def client_python(forked: dict[str, str]) -> str:
-    """The client of the server whose variables `start()` returned, as an interpreter (`<folder>/bin/python`)."""
-    return str(Path(forked[SOCKET_ENV]).parent / "bin" / "python")
 
 
 if __name__ == "__main__":

@@ -7,21 +7,16 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 from prefect.deployments import run_deployment
 
 from pipeline.cli import build_parser, collect_overrides, main
 from pipeline.deploy import MANUAL, NIGHTLY
-from conftest import DVC, forked_python, pipeline_env, prefect_settings, run
+from conftest import DVC, forked_python, pipeline_env, run
 from test_pipeline_flow import make_toy_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_STAGES = ["prepare", "finetune@baseline", "finetune@augmented", "evaluate"]
-
-
-@pytest.fixture(scope="module")
-def api_url(prefect_server):
-    with prefect_settings(prefect_server) as url:  # the session's test server (conftest)
-        yield url
 
 
 def ganaug(*args: str, api_url: str, cwd: Path, **popen) -> list[str] | subprocess.Popen:
@@ -133,11 +128,10 @@ def _wait_for_deployment(client, name: str, server: subprocess.Popen, repo: Path
     while True:
         try:
             found = client.read_deployment_by_name(name)
-            if found.parameters["params"]["repo"] == str(repo):
-                return found
-        except Exception:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise
+        except ObjectNotFound:
+            found = None
+        if found is not None and found.parameters["params"]["repo"] == str(repo):
+            return found
         if server.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"{name} was not registered for {repo}")
+            raise AssertionError(f"{name} was not registered for {repo} (serve exit code {server.poll()})")
         time.sleep(0.5)

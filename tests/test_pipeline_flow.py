@@ -26,7 +26,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.sorting import TaskRunSort
 from prefect.logging.handlers import APILogHandler
 
-from conftest import DVC, TINY_PARAMS, forked_python, pipeline_env, prefect_settings
+from conftest import DVC, TINY_PARAMS, forked_python, pipeline_env
 from pipeline.dag import parse_dot, read_dag
 from pipeline.deploy import DEFAULT_CRON, MANUAL, NIGHTLY, build_deployments
 from pipeline.flow import WAITING_STATE, augment, dask_task_runner
@@ -158,12 +158,6 @@ def _forked_dvc(monkeypatch):
     monkeypatch.setattr(sys, "executable", forked_python())
 
 
-@pytest.fixture(scope="module")
-def prefect_api(prefect_server):
-    with prefect_settings(prefect_server):  # the session's test server (conftest)
-        yield
-
-
 def run_flow(flow_=augment, **params):
     """(final state, flow run id) of one flow run."""
     state = flow_(params=params, return_state=True)
@@ -259,7 +253,7 @@ def test_stage_outcomes_come_from_the_lock_file_and_the_outputs(tmp_path):
     ({"data.shots": 0}, "data.shots: Input should be greater than or equal to 1"),
     ({"gan.diffaug": "blur"}, "gan.diffaug"),
 ])
-def test_invalid_override_fails_before_any_stage(tmp_path, prefect_api, overrides, named):
+def test_invalid_override_fails_before_any_stage(tmp_path, api_url, overrides, named):
     repo = make_toy_repo(tmp_path / "toy", ONE_STAGE)
     state, run_id = run_flow(repo=str(repo), overrides=overrides)
     assert state.is_failed()
@@ -272,7 +266,7 @@ def test_invalid_override_fails_before_any_stage(tmp_path, prefect_api, override
 
 # --- retries and failures -----------------------------------------------------------------------------
 
-def test_stage_failing_once_is_retried(tmp_path, prefect_api, monkeypatch):
+def test_stage_failing_once_is_retried(tmp_path, api_url, monkeypatch):
     repo = make_toy_repo(tmp_path / "toy", ONE_STAGE)
     monkeypatch.setenv("TOY_FAIL_ONCE", str(repo / "first-attempt.marker"))
     state, run_id = run_flow(repo=str(repo), retries=2, retry_delay_seconds=0)
@@ -282,7 +276,7 @@ def test_stage_failing_once_is_retried(tmp_path, prefect_api, monkeypatch):
     assert (repo / "first-attempt.marker").exists()
 
 
-def test_stage_failing_for_good_fails_the_flow_with_its_stderr(tmp_path, prefect_api, monkeypatch):
+def test_stage_failing_for_good_fails_the_flow_with_its_stderr(tmp_path, api_url, monkeypatch):
     repo = make_toy_repo(tmp_path / "toy", ONE_STAGE)
     monkeypatch.setenv("TOY_FAIL", "prepare")
     state, run_id = run_flow(repo=str(repo), retries=1, retry_delay_seconds=0)
@@ -296,7 +290,7 @@ def test_stage_failing_for_good_fails_the_flow_with_its_stderr(tmp_path, prefect
 
 # --- scale-out and concurrency ------------------------------------------------------------------------
 
-def test_independent_stages_run_concurrently_on_dask(tmp_path, prefect_api, monkeypatch):
+def test_independent_stages_run_concurrently_on_dask(tmp_path, api_url, monkeypatch):
     repo = make_toy_repo(tmp_path / "toy")
     # each finetune variant waits until both have started: run one after the other, the first one fails
     monkeypatch.setenv("TOY_BARRIER", f"{tmp_path / 'started'}:2")
@@ -312,7 +306,7 @@ def test_independent_stages_run_concurrently_on_dask(tmp_path, prefect_api, monk
     assert "up to date" in dvc(repo, "status")
 
 
-def test_two_flow_runs_at_once_are_serialised(tmp_path, prefect_api, monkeypatch):
+def test_two_flow_runs_at_once_are_serialised(tmp_path, api_url, monkeypatch):
     repo = make_toy_repo(tmp_path / "toy")
     monkeypatch.setenv("TOY_SLEEP", "1")
     states: list = [None, None]
@@ -342,7 +336,7 @@ def flow_runs_in_state(name: str, repo: Path) -> list:
     return [r for r in runs if (r.parameters.get("params") or {}).get("repo") == str(repo)]
 
 
-def test_a_run_waiting_for_the_workspace_shows_as_waiting_in_prefect(tmp_path, prefect_api):
+def test_a_run_waiting_for_the_workspace_shows_as_waiting_in_prefect(tmp_path, api_url):
     repo = make_toy_repo(tmp_path / "toy", ONE_STAGE)
     result: dict = {}
     run = threading.Thread(target=lambda: result.update(state=augment(params={"repo": str(repo), "retries": 0},
@@ -392,7 +386,7 @@ def test_experiments_saved_at_the_same_moment_from_two_workspaces_both_land(tmp_
 # test_pipeline_cli.py's serve test registers the same two deployments on the session's Prefect server: the
 # group runs them one after the other.
 @pytest.mark.xdist_group("augment_deployments")
-def test_deployments_nightly_cron_and_manual(tmp_path, prefect_api):
+def test_deployments_nightly_cron_and_manual(tmp_path, api_url):
     repo = make_toy_repo(tmp_path / "toy", ONE_STAGE)
     params = AugmentParams(repo=str(repo), overrides={"data.shots": 5})
     nightly, manual = build_deployments(params)
@@ -462,7 +456,7 @@ def test_report_shows_restoration_when_it_was_on(tmp_path):
     assert "| learned | 0.8300 | 21.50 |" in report and "**no restoration clearly changed**" in report
 
 
-def test_an_experiment_name_that_exists_is_refused_before_any_stage(tmp_path, prefect_api):
+def test_an_experiment_name_that_exists_is_refused_before_any_stage(tmp_path, api_url):
     repo = make_toy_repo(tmp_path / "toy", ONE_STAGE)
     first, _ = run_flow(repo=str(repo), overrides={"data.shots": 3}, experiment_name="three")
     assert first.is_completed(), first.message
@@ -486,7 +480,7 @@ def dvc_api_edges(project: Path) -> set[tuple[str, str]]:
 @pytest.mark.heavy
 @pytest.mark.skipif(not HAS_ALL_STAGES, reason="stages/train_gan.py and stages/synthesize.py not written yet")
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # from DVC's Python API in dvc_api_edges
-def test_real_pipeline_override_runs_as_an_experiment_in_dag_order_and_is_reported(tiny_repro_copy, prefect_api):
+def test_real_pipeline_override_runs_as_an_experiment_in_dag_order_and_is_reported(tiny_repro_copy, api_url):
     # The real pipeline after a full run (a copy of the session's shared run). An override runs as a DVC
     # experiment: the workspace's params.yaml and outputs stay as they were, and the training stages are
     # restored from DVC's run cache, not retrained. (DVC keeps no run cache for a stage with a `cache: false`

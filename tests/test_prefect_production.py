@@ -15,18 +15,11 @@ from prefect.client.orchestration import get_client
 
 from pipeline.deployed import ganaug_pipeline
 from pipeline.flow import stage_exit_code
-from conftest import prefect_settings
 from test_pipeline_flow import ONE_STAGE, artifacts_of, dvc, eventually, make_toy_repo, run_flow, task_runs_of
 from pipeline.report import REPORT_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = [sys.executable, "-m", "prefect"]
-
-
-@pytest.fixture(scope="module")
-def api_url(prefect_server):
-    with prefect_settings(prefect_server) as url:  # the session's test server (conftest)
-        yield url
 
 
 def env_for(api_url: str, **extra: str) -> dict[str, str]:
