@@ -105,15 +105,22 @@ _forked: dict[str, str] = {}
 _forked_lock = threading.Lock()
 
 
+def _session() -> tuple[str, int]:
+    """A name for this test session, the same in each of its pytest-xdist workers, and the process id of its
+    main process (the workers' parent)."""
+    uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    return (uid, os.getppid()) if uid else (str(os.getpid()), os.getpid())
+
+
 def pipeline_env() -> dict:
     """`plain_pipeline_env()` with each `python -m stages.*` and `python -m dvc` forked from a server that has
-    imported torch and DVC (tests/forkserver.py): a tiny `dvc repro` in about a third of the time. Started once
-    per test process. tests/test_reproducible.py checks that it gives the plain processes' outputs, byte for
-    byte."""
+    imported torch and DVC (tests/forkserver.py): a tiny `dvc repro` in about a third of the time. One server
+    for the session's workers, started by the first that asks. tests/test_reproducible.py checks that it gives
+    the plain processes' outputs, byte for byte."""
     env = plain_pipeline_env()
-    with _forked_lock:  # the shared run's thread and a test may ask at once: one server, for the one client
+    with _forked_lock:  # the shared run's thread and a test may ask at once
         if not _forked:
-            _forked.update(forkserver.start(env, Path(_CLIENT_PYTHON).parents[1]))
+            _forked.update(forkserver.start_shared(env, Path(_CLIENT_PYTHON).parents[1], *_session()))
     return {**env, **_forked}
 
 
@@ -291,7 +298,11 @@ def _start_prefect_server(folder: Path, session_pid: int) -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    # No scheduler service: it would insert each cron deployment's runs for the next 100 days (hundreds of runs
+    # and their events, written while the tests use the database), and a nightly run falling due during a
+    # session would go to a test's worker. The tests read deployments' schedules; none needs the runs.
     env = {**os.environ, "PREFECT_HOME": str(folder / "home"), "PREFECT_UI_ENABLED": "0",
+           "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{folder / 'prefect.db'}"}
     env.pop("PREFECT_API_URL", None)
     server = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parents[1]), "--factory",

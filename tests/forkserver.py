@@ -22,12 +22,14 @@ tests/test_reproducible.py compares a run made through this server with one made
 processes, byte for byte.
 Not used by the tests of thread counts (tests/test_threads.py) or timing (bench/throughput.py).
 
-`make_client()` writes the client; `start()` starts a server for it; the server exits when its parent
-(the test process) does, since it reads its standard input until end of file.
+`make_client()` writes a client; `start()` starts a server for one process (it exits when its parent does,
+since it reads its standard input until end of file); `start_shared()` starts one server for all the
+processes of a test session, the clients of its pytest-xdist workers (it exits when the session does).
 """
 from __future__ import annotations
 
 import array
+import fcntl
 import json
 import os
 import shutil
@@ -38,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 SOCKET_ENV = "GANAUG_TEST_FORKSERVER"  # the server's socket path, in the environment of its clients
@@ -177,10 +180,25 @@ def _exit_with_parent() -> None:
     os._exit(0)
 
 
-def serve(path: str) -> None:
+def _exit_with_session(pid: int, folder: str) -> None:
+    """A shared server's (`start_shared`): once the test session's main process `pid` is gone, remove the
+    server's folder and exit."""
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            os._exit(0)
+        time.sleep(1)
+
+
+def serve(path: str, session_pid: int | None = None) -> None:
     import importlib
 
-    threading.Thread(target=_exit_with_parent, daemon=True).start()
+    if session_pid is None:
+        threading.Thread(target=_exit_with_parent, daemon=True).start()
+    else:
+        threading.Thread(target=_exit_with_session, args=(session_pid, os.path.dirname(path)), daemon=True).start()
     for name in PRELOAD:
         importlib.import_module(name)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
@@ -214,19 +232,43 @@ def make_client() -> Path:
     return folder
 
 
-def start(env: dict[str, str], folder: Path | None = None) -> dict[str, str]:
-    """Start a server with `env` (its children see their own clients' environments) for the client in `folder`
-    (a new one by default); return the variables that send `python -m stages.*` and `python -m dvc` to it:
-    PATH with the client (`<folder>/bin/python`) first, and the socket."""
-    folder = folder or make_client()
-    sock = folder / "socket"
-    proc = subprocess.Popen([sys.executable, __file__, str(sock)], env=env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+def _server(env: dict[str, str], sock: Path, *args: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, __file__, str(sock), *args], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, start_new_session=bool(args))
     if proc.stdout.readline().strip() != "ready":
         raise RuntimeError(f"the stage fork server did not start (exit code {proc.wait()})")
     _SERVERS.append(proc)
+    return proc
+
+
+def _client_env(env: dict[str, str], folder: Path, sock: Path) -> dict[str, str]:
+    """The variables that send `python -m stages.*` and `python -m dvc` to the server at `sock`: PATH with the
+    client (`<folder>/bin/python`) first, and the socket."""
     return {"PATH": f"{folder / 'bin'}{os.pathsep}{env.get('PATH', '')}", SOCKET_ENV: str(sock)}
 
 
+def start(env: dict[str, str], folder: Path | None = None) -> dict[str, str]:
+    """Start a server with `env` (its children see their own clients' environments) for the client in `folder`
+    (a new one by default), for this process alone: it exits with it. Returns the client's variables
+    (`_client_env`)."""
+    folder = folder or make_client()
+    _server(env, folder / "socket")
+    return _client_env(env, folder, folder / "socket")
+
+
+def start_shared(env: dict[str, str], folder: Path, session: str, session_pid: int) -> dict[str, str]:
+    """`start()`, but one server for every process of a test session (its pytest-xdist workers, named alike by
+    `session`): the first caller starts it, under a lock; the others find it. Each start costs seconds of CPU
+    (the imports of PRELOAD). The server exits when the session's main process `session_pid` does."""
+    shared = Path(tempfile.gettempdir()) / f"ganaug-fork-{session}"  # short: a socket path has at most 107 bytes
+    shared.mkdir(exist_ok=True)
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (shared / "ready").exists():
+            _server(env, shared / "socket", str(session_pid)).stdin.close()  # (it watches the session instead)
+            (shared / "ready").touch()
+    return _client_env(env, folder, shared / "socket")
+
+
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else None)
