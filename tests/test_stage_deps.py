@@ -1,13 +1,15 @@
 """dvc.yaml declares exactly what each stage's code depends on (issue #13: stale outputs reported as up to date).
 
-The stage module's import closure (`tests/stage_deps.py`) must equal the `.py` deps of its stage, and the
-params keys its code can read must equal its declared params, less the keys listed here with the reason
-they cannot change the stage's result. A new import or a new params key read without a dvc.yaml change
-fails here, as does a dep or key that no longer matters.
+Code: each stage depends on its own file of the `code` stage (stages/code.py: its import closure with the
+files' hashes), which lists every project file the stage loads; an edit to a building block reruns exactly
+the stages that import it. Params: the keys a stage's code can read must equal its declared params, less the
+keys listed here with the reason they cannot change the stage's result; a new key read without a dvc.yaml
+change fails here, as does a key that no longer matters.
 """
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -65,23 +67,55 @@ def expand(declared: list) -> set[str]:
     return out
 
 
+CODE = "build/code"  # the `code` stage's output: <stage module>.txt for each (stages/code.py)
+
+
 @pytest.mark.parametrize("name", list(stages()))
-def test_code_deps_of_a_stage_are_its_import_closure(name):
+def test_a_stage_depends_on_its_own_code_file_and_on_no_module(name):
     body = stages()[name]
-    closure = {f for f in import_closure(stage_module(body["cmd"])) if not f.endswith("__init__.py")}
-    declared = {d for d in body["deps"] if d.endswith(".py")}
-    assert not closure - declared, f"{name}: imports not in its deps: {sorted(closure - declared)}"
-    assert not declared - closure, f"{name}: deps it never imports: {sorted(declared - closure)}"
+    if name == "code":
+        assert body["deps"] == ["stages", "ganaug"] and body["outs"] == [CODE]
+        return
+    own = f"{CODE}/{stage_module(body['cmd']).split('.')[-1]}.txt"
+    assert own in body["deps"], f"{name}: {own} not in its deps"
+    others = [d for d in body["deps"] if d != own and (d.endswith(".py") or d.startswith(CODE))]
+    assert not others, f"{name}: code deps other than its own file: {others}"
 
 
-def test_the_package_init_holds_no_code():
-    """Package `__init__.py` files are in the closures and no stage's deps: they must stay empty of code."""
-    import ast
-    inits = sorted([ROOT / "stages/__init__.py", *(ROOT / "ganaug").rglob("__init__.py")])
-    assert len(inits) == 9  # stages, ganaug and its config, io, nets, train, judge, tools, restore
-    for path in inits:
-        body = ast.parse(path.read_text()).body
-        assert all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body), path  # a docstring at most
+# Imports each stage module afresh (its project modules only; the others stay loaded) and prints the project
+# files Python loaded, per stage.
+_RUNTIME_IMPORTS = """
+import importlib, json, sys
+ours = lambda m: m.split(".")[0] in ("stages", "ganaug")
+loaded = {}
+for name in sys.argv[1:]:
+    for m in [m for m in sys.modules if ours(m)]:
+        del sys.modules[m]
+    importlib.import_module(name)
+    loaded[name] = sorted(sys.modules[m].__file__ for m in sys.modules if ours(m))
+print(json.dumps(loaded))
+"""
+
+
+def test_a_stage_code_file_lists_every_project_file_the_stage_loads_with_its_hash():
+    """The `code` stage's files against Python itself: every project module that importing a stage loads is
+    listed in that stage's file (the list also has the modules imported inside functions), with its sha256."""
+    import hashlib
+    import json
+    import subprocess
+
+    from stages.code import code_deps
+
+    files = code_deps(ROOT)
+    modules = sorted({stage_module(b["cmd"]) for b in stages().values()})
+    assert sorted(files) == sorted(m.split(".")[-1] for m in modules)  # one file per stage module
+    proc = subprocess.run([sys.executable, "-c", _RUNTIME_IMPORTS, *modules], cwd=ROOT, capture_output=True,
+                          text=True, check=True)
+    for module, loaded in json.loads(proc.stdout).items():
+        listed = dict(reversed(line.split("  ", 1)) for line in files[module.split(".")[-1]].splitlines())
+        missing = {str(Path(f).relative_to(ROOT)) for f in loaded} - set(listed)
+        assert not missing, f"{module}: loads {sorted(missing)}, not in its code file"
+        assert all(hashlib.sha256((ROOT / f).read_bytes()).hexdigest() == h for f, h in listed.items())
 
 
 @pytest.mark.parametrize("name", list(stages()))
@@ -97,29 +131,27 @@ def test_params_of_a_stage_are_the_keys_its_code_reads(name):
 
 
 def test_the_check_fails_when_a_dependency_is_removed(tmp_path, monkeypatch):
-    """The coverage test above is not vacuous: without data.py in train_gan's deps it fails."""
-    import stage_deps
+    """The dependency test above is not vacuous: without build/code/train_gan.txt in train_gan's deps it fails."""
     text = (ROOT / "dvc.yaml").read_text()
-    broken = text.replace("      - ganaug/io/data.py\n", "", 1)
+    broken = text.replace(f"      - {CODE}/train_gan.txt\n", "", 1)
     assert broken != text
     (tmp_path / "dvc.yaml").write_text(broken)
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
-    first = next(n for n, b in stages().items() if "ganaug/io/data.py" in stage_deps.import_closure(stage_module(b["cmd"]))
-                 and "ganaug/io/data.py" not in b["deps"])
-    with pytest.raises(AssertionError, match="imports not in its deps: \\['ganaug/io/data.py'\\]"):
-        test_code_deps_of_a_stage_are_its_import_closure(first)
+    with pytest.raises(AssertionError, match=f"train_gan: {CODE}/train_gan.txt not in its deps"):
+        test_a_stage_depends_on_its_own_code_file_and_on_no_module("train_gan")
 
 
 def test_editing_a_building_block_reruns_exactly_the_stages_that_import_it(tiny_repro_copy):
     project = tiny_repro_copy
     target = project / "ganaug/judge/metrics.py"
     target.write_text(target.read_text() + "\n# an edit\n")
-    proc = run(DVC + ["status", "--json"], project, env=pipeline_env())
-    stale = set(yaml.safe_load(proc.stdout))
+    status = lambda: set(yaml.safe_load(run(DVC + ["status", "--json"], project, env=pipeline_env()).stdout))  # noqa: E731
+    assert status() == {"code"}  # the folders it reads changed
+    run(DVC + ["repro", "code"], project, env=pipeline_env())
     importers = set()
     for name, body in stages().items():
         if "ganaug/judge/metrics.py" in import_closure(stage_module(body["cmd"])):
             raw = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][name]
             importers |= {f"{name}@{k}" for k in raw["foreach"]} if "foreach" in raw else {name}
     assert importers == {"evaluate", "gan_metrics", "restore"}
-    assert stale == importers, proc.stdout
+    assert status() == importers  # their code files changed, and no other's
