@@ -3,8 +3,8 @@
 For every module of `stages/`, the files of the `stages` and `ganaug` packages that `python -m stages.<name>`
 can import (its import closure: every `import` statement of every reached module, those inside functions
 included, and the `__init__.py` of each package on the way), one `<sha256>  <path>` line each, as
-`sha256sum` writes them. Each stage of dvc.yaml depends on its own file, so an edit to a building block
-changes the files of exactly the stages that import it, and DVC reruns those. This stage depends on the
+`sha256sum` writes them. Each stage of dvc.yaml depends on its own file (and on its own module), so an edit
+to a building block changes the files of exactly the stages that import it, and DVC reruns those. This stage depends on the
 whole `stages/` and `ganaug/` folders and runs first whenever either changes; a new import is picked up
 with nothing to update by hand.
 

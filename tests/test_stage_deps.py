@@ -1,6 +1,6 @@
 """dvc.yaml declares exactly what each stage's code depends on (issue #13: stale outputs reported as up to date).
 
-Code: each stage depends on its own file of the `code` stage (stages/code.py: its import closure with the
+Code: each stage depends on its own module and on its own file of the `code` stage (stages/code.py: its import closure with the
 files' hashes), which lists every project file the stage loads; an edit to a building block reruns exactly
 the stages that import it. Params: the keys a stage's code can read must equal its declared params, less the
 keys listed here with the reason they cannot change the stage's result; a new key read without a dvc.yaml
@@ -71,15 +71,17 @@ CODE = "build/code"  # the `code` stage's output: <stage module>.txt for each (s
 
 
 @pytest.mark.parametrize("name", list(stages()))
-def test_a_stage_depends_on_its_own_code_file_and_on_no_module(name):
+def test_a_stage_depends_on_its_module_and_its_code_file_and_no_other_code(name):
     body = stages()[name]
     if name == "code":
         assert body["deps"] == ["stages", "ganaug"] and body["outs"] == [CODE]
         return
-    own = f"{CODE}/{stage_module(body['cmd']).split('.')[-1]}.txt"
-    assert own in body["deps"], f"{name}: {own} not in its deps"
-    others = [d for d in body["deps"] if d != own and (d.endswith(".py") or d.startswith(CODE))]
-    assert not others, f"{name}: code deps other than its own file: {others}"
+    module = stage_module(body["cmd"]).split(".")[-1]
+    own = [f"stages/{module}.py", f"{CODE}/{module}.txt"]  # the module itself, and its closure's hashes
+    for dep in own:
+        assert dep in body["deps"], f"{name}: {dep} not in its deps"
+    others = [d for d in body["deps"] if d not in own and (d.endswith(".py") or d.startswith(CODE))]
+    assert not others, f"{name}: code deps other than its own module and file: {others}"
 
 
 # Imports each stage module afresh (its project modules only; the others stay loaded) and prints the project
@@ -138,7 +140,7 @@ def test_the_check_fails_when_a_dependency_is_removed(tmp_path, monkeypatch):
     (tmp_path / "dvc.yaml").write_text(broken)
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     with pytest.raises(AssertionError, match=f"train_gan: {CODE}/train_gan.txt not in its deps"):
-        test_a_stage_depends_on_its_own_code_file_and_on_no_module("train_gan")
+        test_a_stage_depends_on_its_module_and_its_code_file_and_no_other_code("train_gan")
 
 
 def test_editing_a_building_block_reruns_exactly_the_stages_that_import_it(tiny_repro_copy):
