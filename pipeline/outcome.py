@@ -23,8 +23,8 @@ import yaml
 LOCK_FILE = "dvc.lock"
 DVC_REPO_LOCK = Path(".dvc/tmp/lock")
 RESTORED = "is cached - skipping run"  # DVC's line for a stage restored from its run cache
-# libyaml's safe loader where PyYAML has it: ganaug's dvc.lock lists every code dependency of every stage
-# (about 50 KB), which the pure-Python loader reads in 0.12 s and libyaml's in 0.03 s, twice per stage run
+# libyaml's safe loader where PyYAML has it: ganaug's dvc.lock (about 30 KB, every stage's deps, params and
+# outs) is read twice per stage run, about four times faster than with the pure-Python loader
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 

@@ -339,8 +339,7 @@ def prefect_server(tmp_path_factory, worker_id) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)  # held by the starter until the server answers
         url_file = folder / "url"
         if not url_file.exists():
-            session_pid = os.getpid() if worker_id == "master" else os.getppid()
-            url_file.write_text(_start_prefect_server(folder, session_pid))
+            url_file.write_text(_start_prefect_server(folder, _session()[1]))
         url = url_file.read_text()
         _wait_for_prefect_server(url, folder / "server.log")
     return url

@@ -232,9 +232,12 @@ def make_client() -> Path:
     return folder
 
 
-def _server(env: dict[str, str], sock: Path, *args: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, __file__, str(sock), *args], env=env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, start_new_session=bool(args))
+def _server(env: dict[str, str], sock: Path, session_pid: int | None = None) -> subprocess.Popen:
+    """A server at `sock`: this process's (it exits when this process does), or with `session_pid` the test
+    session's (in a session of its own, exiting when process `session_pid` does)."""
+    shared = [] if session_pid is None else [str(session_pid)]
+    proc = subprocess.Popen([sys.executable, __file__, str(sock), *shared], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, start_new_session=session_pid is not None)
     if proc.stdout.readline().strip() != "ready":
         raise RuntimeError(f"the stage fork server did not start (exit code {proc.wait()})")
     _SERVERS.append(proc)
@@ -265,7 +268,7 @@ def start_shared(env: dict[str, str], folder: Path, session: str, session_pid: i
     with open(shared / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not (shared / "ready").exists():
-            _server(env, shared / "socket", str(session_pid)).stdin.close()  # (it watches the session instead)
+            _server(env, shared / "socket", session_pid).stdin.close()  # (it watches the session instead)
             (shared / "ready").touch()
     return _client_env(env, folder, shared / "socket")
 
