@@ -27,15 +27,17 @@ OUT = Path("models/teachers")
 
 
 def train_teachers(classifier_path: Path, train: ImageSet, p: FinetuneParams, device: torch.device,
-                   out_dir: Path, ckpt_dir: Path | None = None) -> dict:
-    """Fine-tune every seed teacher of `p` and write them with their index into `out_dir` (replaced whole)."""
+                   out_dir: Path, ckpt_dir: Path | None = None, train_name: str = "") -> dict:
+    """Fine-tune every seed teacher of `p` and write them with their index into `out_dir` (replaced whole);
+    each file's summary records `train_name`, the file its shots came from."""
     index = teacher_index(p)
     with atomic_dir(out_dir) as tmp:
         for (name, seed), file in zip(progress(seed_teacher_names(p), desc="teachers"), index["files"]):
             ckpt = Path(ckpt_dir) / file if ckpt_dir else None
             model, cfg, summary = seed_teacher(classifier_path, train, p, name, seed, device, ckpt)
             save_classifier(tmp / file, model, cfg, train.class_names,
-                            {"variant": name, "seed": seed, "train_images": len(train), "steps": summary["steps"]})
+                            {"variant": name, "seed": seed, "train": train_name, "train_images": len(train),
+                             "steps": summary["steps"]})
         (tmp / TEACHER_INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return index
 
@@ -43,8 +45,10 @@ def train_teachers(classifier_path: Path, train: ImageSet, p: FinetuneParams, de
 @exit_on_user_error
 def main() -> None:
     p = load_params().finetune
-    train = load_prepared(Path("data/restored/target_train.npz"))
-    index = train_teachers(Path("models/classifier.pt"), train, p, pick_device(), OUT, Path("checkpoints/teachers"))
+    train_path = Path("data/restored/target_train.npz")
+    train = load_prepared(train_path)
+    index = train_teachers(Path("models/classifier.pt"), train, p, pick_device(), OUT, Path("checkpoints/teachers"),
+                           str(train_path))
     print(f"teachers: {len(index['files'])} seed teacher(s) ({', '.join(index['files']) or 'teacher_seeds is 1'}) -> {OUT}")
 
 

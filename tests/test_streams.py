@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ganaug.config.errors import UserError
-from ganaug.config.params import FinetuneParams
+from ganaug.config.params import FinetuneParams, load_params
 from ganaug.io.data import ImageSet, LoadOptions, load_digits_set, load_prepared, save_prepared, to_float
 from ganaug.nets.classifier import ClassifierConfig, build_classifier, load_classifier, save_classifier
 from ganaug.train.finetune import build_stream, finetune, teacher_paths
@@ -18,6 +18,7 @@ from ganaug.train.streams import Stream, stream_loss, teacher_probs
 from stages.teachers import train_teachers
 
 CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -64,16 +65,22 @@ def test_every_step_draws_a_real_and_a_stream_batch_of_the_configured_sizes(digi
     assert sizes == [11] * 3 + [7] * 3  # synthetic_first: the stream alone, then the real shots alone
 
 
-def test_stream_weight_zero_gives_the_real_only_model_bit_for_bit(tmp_path, digits):
+@pytest.mark.parametrize("bn", ["shipped", "real", "frozen"])
+def test_stream_weight_zero_gives_the_real_only_model_bit_for_bit(tmp_path, digits, bn):
+    """Under params.yaml's finetune section as it ships (bn: joint, its batch sizes, steps and seeds), and
+    under the other BatchNorm treatments: synth_weight 0 trains the real-only model, weights and statistics."""
     clf = _classifier(tmp_path / "clf.pt", 10)
     train = _shots(digits)
-    p = FinetuneParams(steps=12, batch_size=8, synth_batch=16)
+    p = load_params(ROOT / "params.yaml").finetune
+    if bn != "shipped":
+        p = p.model_copy(update={"bn": bn})
     real_only, _, _ = finetune(clf, train, p, CPU)
     zero, _, _ = finetune(clf, train, p.model_copy(update={"synth_weight": 0.0}), CPU, stream=_stream(digits))
     for (k, a), b in zip(real_only.state_dict().items(), zero.state_dict().values()):
         assert torch.equal(a, b), k  # weights and BatchNorm statistics: the stream changed nothing
-    weighted, _, _ = finetune(clf, train, p, CPU, stream=_stream(digits))
-    assert not torch.equal(real_only.head.weight, weighted.head.weight)  # and with weight 1 it does train
+    weighted, _, _ = finetune(clf, train, p.model_copy(update={"steps": 12}), CPU, stream=_stream(digits))
+    short, _, _ = finetune(clf, train, p.model_copy(update={"steps": 12}), CPU)
+    assert not torch.equal(short.head.weight, weighted.head.weight)  # and with its weight as shipped it does train
 
 
 def test_stream_loss_is_distillation_cross_entropy_or_their_blend():
@@ -178,7 +185,12 @@ def test_pipeline_teachers_learn_from_the_real_shots_only(tiny_repro):
     for variant in ("gan", "source", "gan_source"):
         summary = torch.load(project / f"models/finetune/{variant}.pt", weights_only=True)["summary"]
         assert summary["teacher"] == ["baseline", "classical"] and summary["stream_images"] > 0
-    teacher = torch.load(project / "models/finetune/baseline.pt", weights_only=True)["summary"]
-    assert teacher["train"] == "data/restored/target_train.npz" and teacher["train_images"] == len(train)
+    p = load_params(project / "params.yaml").finetune
+    paths = teacher_paths(p, project / "models/finetune", project / "models/teachers")
+    assert len(paths) == len(p.teacher) * p.teacher_seeds > 2  # baseline.pt, classical.pt and models/teachers/*
+    for path in paths:  # every teacher file the stream's labels came from
+        teacher = torch.load(path, weights_only=True)["summary"]
+        assert teacher["variant"] in ("baseline", "classical"), path
+        assert teacher["train"] == "data/restored/target_train.npz" and teacher["train_images"] == len(train), path
     train_rows = {bytes(img) for img in train.x.reshape(len(train), -1)}
     assert not any(bytes(img) in train_rows for img in test.x.reshape(len(test), -1))  # no test image in training

@@ -168,13 +168,16 @@ def fit(
     """Train `model` for `cfg.steps` AdamW steps with a cosine schedule; return a summary.
 
     With `stream` (`ganaug/train/streams.py`), every step also draws `cfg.stream_batch`
-    stream images and adds `cfg.stream_weight` x their loss (`stream_loss`).
+    stream images and adds `cfg.stream_weight` x their loss (`stream_loss`); with a weight of 0
+    the stream is not used, so the result is the run without it, bit for bit, under every `bn`.
     With `ckpt_path`, checkpoint every `cfg.checkpoint_every` steps and resume
     from a matching checkpoint there. `stop_after` (for tests) returns after that
     many steps in total as if the process had been killed: the last checkpoint
     stays and the summary says `"stopped": True`.
     """
     ckpt_path = Path(ckpt_path) if ckpt_path is not None else None
+    if stream is not None and cfg.stream_weight == 0:
+        stream = None  # a stream of weight 0 is not drawn at all: no loss, no BatchNorm statistics (bn: joint)
     fp = fingerprint(model, x, y, cfg, device, augment, stream, stream_augment) if ckpt_path is not None else ""
     g = torch.Generator().manual_seed(cfg.seed)
     gs = torch.Generator().manual_seed(cfg.seed + 1)  # the stream's draws and augmentation
