@@ -49,7 +49,7 @@ def test_sample_writes_what_the_synthesize_core_writes(gan_path, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--gan", "missing.pt"], r"^error: missing.pt: GAN checkpoint not found"),
+    (["--gan", "missing.pt"], r"^error: missing.pt: generator checkpoint not found"),
     (["--per-class", "-1"], r"^error: --per-class: Input should be greater than or equal to 0"),
     (["--generator", "best"], r"^error: --generator: Input should be 'ema', 'average' or 'raw'"),
 ])

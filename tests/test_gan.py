@@ -13,8 +13,10 @@ from ganaug.config.params import GanParams
 from ganaug.io.data import ImageSet, LoadOptions, load_digits_set, save_prepared, select_classes, to_float
 from ganaug.nets.diffaug import AUGMENTS, diff_augment
 from ganaug.nets.gan import (
-    ARCHS, GanConfig, Generator, build_discriminator, build_generator, d_hinge_loss, g_hinge_loss, load_generator, sample,
+    ARCHS, GanConfig, Generator, build_discriminator, build_generator, d_hinge_loss, g_hinge_loss, sample,
 )
+from ganaug.nets.generators import load_sampler
+from ganaug.nets.sampling import SampleOptions
 from ganaug.train.gan import BalancedBatches, GanTrainConfig, GanTrainer, fingerprint, load_source_gan, train_gan
 from stages.pretrain_gan import PLACEHOLDER, pretrain_gan
 from stages.train_gan import main
@@ -33,6 +35,11 @@ def tiny_digits(n_classes: int = 3, per_class: int = 8, size: int = 16, channels
 @pytest.fixture(scope="module")
 def digits() -> ImageSet:
     return tiny_digits()
+
+
+def load_generator(path: Path, which: str = "ema") -> torch.nn.Module:
+    """G's `which` weights of a gan.pt, loaded as synthesis loads them."""
+    return load_sampler(path, SampleOptions(weights=which), expect="gan").draw.net
 
 
 def state_dicts_equal(a: dict, b: dict) -> bool:
@@ -119,8 +126,7 @@ def test_tiny_training_run_writes_a_loadable_model(digits, tmp_path):
     assert ckpt["config"] == dict(n_classes=3, image_size=16, channels=1, z_dim=8, g_width=8, d_width=8, arch="resize")
     assert GanParams(**ckpt["params"]) == p
     assert not state_dicts_equal(ckpt["generator"], ckpt["generator_ema"])
-    ema, cfg, names = load_generator(tmp_path / "gan.pt", "ema")
-    raw, _, _ = load_generator(tmp_path / "gan.pt", "raw")
+    ema, raw = load_generator(tmp_path / "gan.pt", "ema"), load_generator(tmp_path / "gan.pt", "raw")
     assert state_dicts_equal(ema.state_dict(), ckpt["generator_ema"]) and not ema.training
     assert state_dicts_equal(raw.state_dict(), ckpt["generator"])
     curve = (tmp_path / "live/plots/metrics/loss_d.tsv").read_text().split()
@@ -184,13 +190,13 @@ def test_train_gan_refuses_a_class_without_images(digits, tmp_path):
 
 
 def test_load_generator_refuses_missing_and_foreign_files(tmp_path):
-    with pytest.raises(UserError, match="run the train_gan stage"):
+    with pytest.raises(UserError, match="generator checkpoint not found"):
         load_generator(tmp_path / "nope.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="not a GAN checkpoint"):
+    with pytest.raises(UserError, match="not a generator checkpoint"):
         load_generator(tmp_path / "junk.pt")
     torch.save({"something": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(UserError, match="not a usable GAN checkpoint"):
+    with pytest.raises(UserError, match="not a usable 'gan' generator checkpoint"):
         load_generator(tmp_path / "other.pt")
 
 
@@ -202,7 +208,7 @@ def test_main_reads_params_and_prepared_data(digits, tmp_path, monkeypatch, caps
     Path("params.yaml").write_text(yaml.safe_dump({"gan": dict(steps=12, checkpoint_every=5, **TINY)}))
     main()
     assert "train_gan: 12 steps" in capsys.readouterr().out
-    assert load_generator("models/gan.pt")[2] == digits.class_names
+    assert load_sampler("models/gan.pt").class_names == digits.class_names
     assert Path("dvclive/train_gan/plots/metrics/loss_g.tsv").is_file()
     assert list(Path("checkpoints/train_gan").iterdir()) == []
 
@@ -302,8 +308,7 @@ def test_average_of_the_last_snapshots_is_exported_and_loadable(digits, tmp_path
     mean = t.average.mean(t.g_net)
     assert torch.allclose(mean["project.weight"], torch.stack(snaps).mean(0))
     train_gan(digits, p, tmp_path / "gan.pt", tmp_path / "ckpt", CPU)
-    avg, _, _ = load_generator(tmp_path / "gan.pt", "average")
-    raw, _, _ = load_generator(tmp_path / "gan.pt", "raw")
+    avg, raw = load_generator(tmp_path / "gan.pt", "average"), load_generator(tmp_path / "gan.pt", "raw")
     assert not state_dicts_equal(avg.state_dict(), raw.state_dict())
     with pytest.raises(UserError, match="gan.average_last"):
         train_gan(digits, GanParams(steps=3, **TINY), tmp_path / "plain.pt", tmp_path / "ckpt", CPU)
@@ -338,8 +343,8 @@ def test_bf16_autocast_trains_fp32_weights_to_a_different_finite_result(digits):
 def test_dcgan_arch_trains_and_its_checkpoint_loads_as_dcgan(digits, tmp_path):
     p = GanParams(steps=3, arch="dcgan", **TINY)
     train_gan(digits, p, tmp_path / "gan.pt", tmp_path / "ckpt", CPU)
-    net, cfg, _ = load_generator(tmp_path / "gan.pt")
-    assert cfg.arch == "dcgan" and isinstance(net, ARCHS["dcgan"][0])
+    net = load_generator(tmp_path / "gan.pt")
+    assert net.cfg.arch == "dcgan" and isinstance(net, ARCHS["dcgan"][0])
     assert GanParams(freeze_d_blocks=4).arch == "resize"  # the default D has 4 conv layers
     with pytest.raises(ValueError, match="freeze_d_blocks=4: the dcgan discriminator has 3 conv layers"):
         GanParams(arch="dcgan", freeze_d_blocks=4)

@@ -20,7 +20,8 @@ from ganaug.io.data import LoadOptions, load_digits_set, save_prepared, select_c
 from ganaug.io.imagefolder import MANIFEST, MANIFEST_COLUMNS, class_folders, read_manifest
 from ganaug.judge.synth_filter import load_judge
 from ganaug.nets.classifier import ClassifierConfig, build_classifier, save_classifier
-from ganaug.nets.gan import load_generator, sample, truncated_noise
+from ganaug.nets.gan import GanConfig, build_generator, sample, truncated_noise
+from ganaug.nets.generators import load_sampler
 from ganaug.train.fit import FitConfig, fit
 from ganaug.train.gan import train_gan
 from ganaug.tools.synthesis import REPORT, synthesize
@@ -172,8 +173,7 @@ def test_top_fraction_keeps_the_most_confident_of_the_candidates(gan_path, judge
     assert all(c["drawn"] == 16 and c["kept"] == 4 for c in report["per_class"].values())
     judge = load_judge(judge_path, shots(), 64, CPU)
     labels = torch.arange(3).repeat_interleave(16)
-    net, cfg, _ = load_generator(gan_path)
-    cand = to_uint8(sample(net, labels, cfg.z_dim, torch.Generator().manual_seed(0), CPU, 64))
+    cand = load_sampler(gan_path)(labels, torch.Generator().manual_seed(0)).images
     conf = judge.score(cand, labels.numpy())["conf"]
     x, y = kept_images(tmp_path / "s")
     kept_conf = judge.score(x, y)["conf"]
@@ -208,9 +208,10 @@ def test_synthesis_loads_the_ema_weights_by_default_and_they_differ_from_the_raw
     for which in ("ema", "raw"):
         synthesize(gan_path, SynthParams(per_class=3, generator=which), tmp_path / which, tmp_path / f"{which}.png", CPU)
         written[which], _ = kept_images(tmp_path / which)
-    net, cfg, _ = load_generator(gan_path, "ema")
+    net = build_generator(GanConfig(**ckpt["config"]))
     net.load_state_dict(ckpt["generator_ema"])
-    expected = to_uint8(sample(net, torch.arange(3).repeat_interleave(3), cfg.z_dim, torch.Generator().manual_seed(0), CPU, 9))
+    labels, g = torch.arange(3).repeat_interleave(3), torch.Generator().manual_seed(0)
+    expected = to_uint8(sample(net.eval(), labels, ckpt["config"]["z_dim"], g, CPU, 9))
     assert np.array_equal(written["ema"], expected) and not np.array_equal(written["raw"], expected)
 
 

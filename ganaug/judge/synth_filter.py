@@ -31,9 +31,10 @@ from ganaug.config.params import SynthParams
 from ganaug.io.data import ImageSet, to_float
 from ganaug.judge.feature_metrics import knn_radii, nearest_distances
 from ganaug.nets.classifier import load_classifier
+from ganaug.nets.sampling import Samples
 from ganaug.train.fit import embed, predict
 
-Generate = Callable[[torch.Tensor], np.ndarray]  # labels (N,) -> uint8 images (N, C, S, S)
+Generate = Callable[[torch.Tensor], Samples]  # labels (N,) -> uint8 images (N, C, S, S) and per-row columns
 
 
 @dataclass
@@ -97,8 +98,9 @@ def _pick(idx: np.ndarray, conf: np.ndarray, n_drawn: int, room: int, p: SynthPa
 
 
 def generate_until_quota(generate: Generate, judge: Judge | None, quota: np.ndarray,
-                         p: SynthParams) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(uint8 images (N, C, S, S), labels (N,) class-major, report) of the kept candidates.
+                         p: SynthParams) -> tuple[Samples | None, np.ndarray, dict]:
+    """(samples: uint8 images (N, C, S, S) and their columns, labels (N,), class-major, report) of the kept
+    candidates; no samples when none were drawn.
 
     Without a judge every candidate is kept (one round, no filter or copy check).
     """
@@ -106,12 +108,13 @@ def generate_until_quota(generate: Generate, judge: Judge | None, quota: np.ndar
         raise DataError(f"synth.filter={p.filter}: needs the classifier fine-tuned on the real shots")
     k_classes = len(quota)
     cap = np.ceil(quota * p.max_factor - 1e-9).astype(np.int64) if judge else quota.copy()
-    kept_x, kept_y, kept_conf = [], [], []
+    kept_s, kept_y, kept_conf = [], [], []
     kept, drawn = np.zeros(k_classes, np.int64), np.zeros(k_classes, np.int64)
     memo = {"checked": 0, "exact_copies": 0, "near_copies": 0, "nn_dist": []}
     while (n := _round_sizes(quota, kept, drawn, cap, p)).sum() > 0:
         labels = torch.arange(k_classes).repeat_interleave(torch.as_tensor(n))
-        x, y = generate(labels), labels.numpy()
+        cand, y = generate(labels), labels.numpy()
+        x = cand.images  # (N, C, S, S)
         drawn += n
         s = judge.score(x, y) if judge else {"conf": np.ones(len(y)), "nn_dist": np.full(len(y), np.inf),
                                               "exact": np.zeros(len(y), bool)}
@@ -123,24 +126,24 @@ def generate_until_quota(generate: Generate, judge: Judge | None, quota: np.ndar
         usable = ~s["exact"] & ~near
         for k in range(k_classes):
             pick = _pick(np.flatnonzero((y == k) & usable), s["conf"], int(n[k]), int(quota[k] - kept[k]), p)
-            kept_x.append(x[pick])
+            kept_s.append(cand.take(pick))
             kept_y.append(y[pick])
             kept_conf.append(s["conf"][pick])
             kept[k] += len(pick)
         if p.filter == "top_fraction":
             break
-    return _assemble(kept_x, kept_y, kept_conf, judge, quota, kept, drawn, memo, p)
+    return _assemble(kept_s, kept_y, kept_conf, judge, quota, kept, drawn, memo, p)
 
 
-def _assemble(kept_x: list[np.ndarray], kept_y: list[np.ndarray], kept_conf: list[np.ndarray], judge: Judge | None,
+def _assemble(kept_s: list[Samples], kept_y: list[np.ndarray], kept_conf: list[np.ndarray], judge: Judge | None,
               quota: np.ndarray, kept: np.ndarray, drawn: np.ndarray, memo: dict,
-              p: SynthParams) -> tuple[np.ndarray | None, np.ndarray, dict]:
+              p: SynthParams) -> tuple[Samples | None, np.ndarray, dict]:
     """The kept candidates in class-major order (generation order within a class) and the report."""
     y = np.concatenate(kept_y) if kept_y else np.zeros(0, np.int64)
     order = np.argsort(y, kind="stable")
-    x = np.concatenate(kept_x)[order] if kept_x else None
+    kept_samples = Samples.concat(kept_s).take(order) if kept_s else None
     conf = np.concatenate(kept_conf)[order] if kept_conf else np.zeros(0)
-    return x, y[order], report(judge, quota, kept, drawn, conf, y[order], memo, p)
+    return kept_samples, y[order], report(judge, quota, kept, drawn, conf, y[order], memo, p)
 
 
 def report(judge: Judge | None, quota: np.ndarray, kept: np.ndarray, drawn: np.ndarray, conf: np.ndarray,

@@ -1,5 +1,8 @@
 """The class-conditional GAN: generator, projection discriminator, hinge losses, sampling, loading.
 
+The generator kind `gan` (KIND) of `ganaug/nets/generators.py`: `load_sampler` turns
+a `models/gan.pt` into the `Sampler` synthesis and `ganaug sample` use.
+
 Two layouts, keyed by `gan.arch` (ARCHS); both condition G through conditional
 BatchNorm (a per-class gain and bias after every BatchNorm) and D through a
 projection head (Miyato & Koyama 2018): spectral-normed convs with LeakyReLU,
@@ -19,7 +22,6 @@ D wins and the samples lose their class.
 """
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -30,6 +32,10 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ganaug.config.errors import UserError
+from ganaug.io.data import ImageSet, to_uint8
+from ganaug.nets.sampling import SampleOptions, Sampler, Samples
+
+KIND = "gan"  # the generator kind of the checkpoints train_gan writes
 
 
 @dataclass
@@ -257,24 +263,28 @@ def sample(
 GENERATOR_KEYS = {"ema": "generator_ema", "average": "generator_average", "raw": "generator"}
 
 
-def load_generator(path: str | Path, which: str = "ema") -> tuple[nn.Module, GanConfig, list[str]]:
-    """(generator in eval mode, its config, class names) from a `models/gan.pt` written by train_gan.
+@dataclass(frozen=True)
+class GanDraw:
+    """The GAN's `Draw`: one noise vector per label from the stream `g` (see `sample`); the shots are not used."""
+    net: nn.Module
+    z_dim: int
+    opts: SampleOptions
 
-    `which`: `ema` (the exponential moving average of G), `average` (the mean of
-    the last `gan.average_last` snapshots) or `raw` (G's final weights).
+    def __call__(self, labels: torch.Tensor, g: torch.Generator, shots: Optional[ImageSet]) -> Samples:
+        x = sample(self.net, labels, self.z_dim, g, self.opts.device, self.opts.batch_size, self.opts.truncation)
+        return Samples(to_uint8(x))  # (N, C, S, S) uint8
+
+
+def load_sampler(ckpt: dict, opts: SampleOptions, path: Path) -> Sampler:
+    """The generator of a `models/gan.pt` (read with weights_only=True) as a `Sampler`, on `opts.device`.
+
+    `opts.weights`: `ema` (the exponential moving average of G), `average` (the mean
+    of the last `gan.average_last` snapshots) or `raw` (G's final weights).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: GAN checkpoint not found (run the train_gan stage first)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = GanConfig(**ckpt["config"])
-        net = build_generator(cfg)
-        if which == "average" and GENERATOR_KEYS[which] not in ckpt:
-            raise UserError(f"{path}: synth.generator=average needs gan.average_last >= 1 when training the GAN")
-        net.load_state_dict(ckpt[GENERATOR_KEYS[which]])
-    except pickle.UnpicklingError:
-        raise UserError(f"{path}: not a GAN checkpoint written by train_gan (unreadable with weights_only=True)") from None
-    except (RuntimeError, KeyError, TypeError, ValueError, EOFError) as exc:
-        raise UserError(f"{path}: not a usable GAN checkpoint ({exc.__class__.__name__}: {exc})") from None
-    return net.eval(), cfg, [str(c) for c in ckpt["class_names"]]
+    cfg = GanConfig(**ckpt["config"])
+    if opts.weights == "average" and GENERATOR_KEYS["average"] not in ckpt:
+        raise UserError(f"{path}: synth.generator=average needs gan.average_last >= 1 when training the GAN")
+    net = build_generator(cfg)
+    net.load_state_dict(ckpt[GENERATOR_KEYS[opts.weights]])
+    net.eval().to(opts.device)
+    return Sampler(GanDraw(net, cfg.z_dim, opts), [str(c) for c in ckpt["class_names"]], cfg.channels, cfg.image_size)

@@ -6,6 +6,7 @@ Both call the same core functions as the stages (`ganaug/tools/synthesis.py`,
 the `evaluate` stage's report, metrics and plots under `--out`.
 
     ganaug sample --gan models/gan.pt --per-class 50 --out samples/
+    ganaug sample --gan models/other_kind.pt --shots data/prepared/target_train.npz --out samples/
     ganaug evaluate models/finetune/baseline.pt models/finetune/gan.pt --test my_test_set/ --out eval/
 
 User mistakes (missing files, wrong classes, bad settings) end in one line and exit 2.
@@ -31,8 +32,12 @@ if TYPE_CHECKING:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The `sample` and `evaluate` subcommands of the `ganaug` CLI."""
-    s = sub.add_parser("sample", help="images per class from a trained GAN, as an ImageFolder tree with its manifest")
-    s.add_argument("--gan", required=True, type=Path, help="a GAN checkpoint written by train_gan (models/gan.pt)")
+    s = sub.add_parser("sample", help="images per class from a trained generator, as an ImageFolder tree with its manifest")
+    s.add_argument("--gan", "--checkpoint", dest="gan", required=True, type=Path,
+                   help="a generator checkpoint of any kind (models/gan.pt: the GAN train_gan writes)")
+    s.add_argument("--shots", type=Path, default=None,
+                   help="the real shots a conditioned generator kind draws from: an .npz of x, y, class_names "
+                        "(as data/prepared/target_train.npz); the GAN needs none")
     s.add_argument("--out", required=True, type=Path, help="folder to write (replaced as a whole)")
     s.add_argument("--per-class", type=int, default=10, help="images per class (default 10)")
     s.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
@@ -57,12 +62,14 @@ def _settings(cls, **values):
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from ganaug.io.data import load_prepared
     from ganaug.tools.synthesis import synthesize
     from ganaug.train.runtime import pick_device
 
     p = _settings(SynthParams, per_class=args.per_class, ratio=None, seed=args.seed, generator=args.generator,
                   truncation=args.truncation, batch_size=args.batch_size)
-    df = synthesize(args.gan, p, args.out, args.out / "samples.png", pick_device())
+    shots = load_prepared(args.shots) if args.shots is not None else None
+    df = synthesize(args.gan, p, args.out, args.out / "samples.png", pick_device(), real=shots)
     print(f"ganaug sample: {len(df)} images ({args.per_class} per class, {p.generator} generator, seed {p.seed}) "
           f"-> {args.out} (manifest.parquet, samples.png)")
     return 0

@@ -1,38 +1,43 @@
-"""Sample grids of several GANs side by side, from the same noise (e.g. scratch vs source init).
+"""Sample grids of several generators side by side, from the same noise (e.g. scratch vs source init).
 
     python -m ganaug.tools.compare_samples scratch=exp_a/models/gan.pt source=exp_b/models/gan.pt \
         -o plots/samples_scratch_vs_source.png
 
-Each panel is one GAN's generator (`--generator`, default ema): a row per class,
-`--per-class` columns, every panel drawn from the same noise vectors (`--seed`).
-Not a DVC stage: one pipeline run trains one GAN; this compares the gan.pt of two runs.
+Each panel is one generator checkpoint of any kind (`ganaug/nets/generators.py`;
+`--generator` picks the weights, default ema): a row per class, `--per-class`
+columns, every panel drawn from a noise stream seeded with `--seed`. Conditioned
+kinds draw from `--shots`. Not a DVC stage: one pipeline run trains one GAN;
+this compares the gan.pt of two runs.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
 from ganaug.config.errors import UserError, exit_on_user_error
 from ganaug.io.atomic import atomic_file
-from ganaug.io.data import to_uint8
+from ganaug.io.data import ImageSet, load_prepared
 from ganaug.io.pictures import grid_images, pyplot, tick_label
-from ganaug.nets.gan import load_generator, sample
+from ganaug.nets.generators import load_sampler
+from ganaug.nets.sampling import SampleOptions
 
 
-def panels(gans: dict[str, Path], per_class: int, seed: int, which: str) -> tuple[dict[str, np.ndarray], list[str]]:
-    """{name: mosaic (H, W, C) uint8} for each GAN, and the class names (which must agree)."""
+def panels(gans: dict[str, Path], per_class: int, seed: int, which: str,
+           shots: Optional[ImageSet] = None) -> tuple[dict[str, np.ndarray], list[str]]:
+    """{name: mosaic (H, W, C) uint8} for each generator, and the class names (which must agree)."""
     out, names = {}, None
     for name, path in gans.items():
-        net, cfg, classes = load_generator(path, which)
-        if names is not None and classes != names:
-            raise UserError(f"{path}: classes {classes} differ from {names}")
-        names = classes
-        labels = torch.arange(cfg.n_classes).repeat_interleave(per_class)
-        x = to_uint8(sample(net, labels, cfg.z_dim, torch.Generator().manual_seed(seed), torch.device("cpu"), 256))
-        out[name] = grid_images(x, labels.numpy(), cfg.n_classes, per_class)
+        sampler = load_sampler(path, SampleOptions(weights=which))
+        if names is not None and sampler.class_names != names:
+            raise UserError(f"{path}: classes {sampler.class_names} differ from {names}")
+        names = sampler.class_names
+        labels = torch.arange(sampler.n_classes).repeat_interleave(per_class)
+        x = sampler(labels, torch.Generator().manual_seed(seed), shots).images  # (K * per_class, C, S, S)
+        out[name] = grid_images(x, labels.numpy(), sampler.n_classes, per_class)
     return out, names or []
 
 
@@ -63,12 +68,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--per-class", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--generator", default="ema", choices=("ema", "average", "raw"))
+    ap.add_argument("--shots", type=Path, default=None, help="real shots (.npz of x, y) for conditioned kinds")
     args = ap.parse_args(argv)
     bad = [g for g in args.gans if "=" not in g]
     if bad:
         raise UserError(f"compare_samples: expected NAME=path/to/gan.pt, got {bad[0]!r}")
     gans = {name: Path(path) for name, path in (g.split("=", 1) for g in args.gans)}
-    mosaics, names = panels(gans, args.per_class, args.seed, args.generator)
+    shots = load_prepared(args.shots) if args.shots is not None else None
+    mosaics, names = panels(gans, args.per_class, args.seed, args.generator, shots)
     plot_panels(mosaics, names, f"{args.generator} generators, same noise (seed {args.seed})", Path(args.out))
     print(f"compare_samples: {', '.join(gans)} -> {args.out}")
 

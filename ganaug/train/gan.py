@@ -50,6 +50,7 @@ from ganaug.io.data import ImageSet, to_float
 from ganaug.nets import diffaug, gan as gan_model
 from ganaug.nets.diffaug import diff_augment
 from ganaug.nets.gan import GanConfig, build_discriminator, build_generator, d_hinge_loss, g_hinge_loss
+from ganaug.nets.generators import checkpoint_kind
 from ganaug.train import checkpoint
 from ganaug.train.runtime import open_live, progress, seed_everything
 
@@ -330,6 +331,7 @@ def check_gan_checkpoint(path: Path, p: GanParams) -> dict:
         raise UserError(f"{where}: not readable as weights only ({exc.__class__.__name__})") from None
     if not isinstance(blob, dict) or any(k not in blob for k in GAN_FILE_KEYS) or not isinstance(blob["config"], dict):
         raise UserError(f"{where}: not a GAN checkpoint written by ganaug's train_gan (needs {list(GAN_FILE_KEYS)})")
+    checkpoint_kind(blob, where, expect=gan_model.KIND)
     cfg = blob["config"]
     wrong = [f"gan.{k}={getattr(p, k)} but the checkpoint has {cfg.get(k)}" for k in ("arch", "z_dim", "g_width", "d_width")
              if cfg.get(k, "resize" if k == "arch" else None) != getattr(p, k)]
@@ -360,7 +362,7 @@ def resume(trainer: GanTrainer, path: Path, fp: str) -> int:
 def export_model(trainer: GanTrainer, cfg: GanConfig, class_names: list[str], p: GanParams, out_path: Path) -> None:
     """Write `models/gan.pt` (plain tensors and containers: loads with weights_only=True)."""
     obj = {
-        "config": asdict(cfg), "class_names": list(class_names),
+        "kind": gan_model.KIND, "config": asdict(cfg), "class_names": list(class_names),
         "generator": trainer.g_net.state_dict(), "generator_ema": trainer.g_ema.state_dict(),
         "discriminator": trainer.d_net.state_dict(), "step": trainer.step, "params": p.model_dump(),
     }
