@@ -1,19 +1,22 @@
-"""Does GAN augmentation help, against the alternatives a user would pick? (issue #5)
+"""Does GAN augmentation help, against the alternatives a user would pick?
 
 Every (dataset, seed) gets a throw-away copy of the project (git + DVC); for
 each shot count its params.yaml is rewritten and the pipeline runs with
 `dvc repro`, exactly as a user would. DVC reruns only what changed, so one
 pretrained classifier per (dataset, seed) serves all its shot counts. The
-variants are dvc.yaml's `finetune` foreach (real-only, real + classical,
-real + GAN, real + GAN + classical: same optimiser-step budget and seed), scored
-by the `evaluate` stage (`metrics/eval.json`, with its paired-bootstrap
+variants (below) are scored by the `evaluate` stage (`metrics/eval.json`, with its paired-bootstrap
 intervals); GAN quality (CAS, KID, precision/recall) comes from the
 `gan_metrics` stage (`metrics/gan.json`). A seed changes the shot sample and
 every training seed. Stage wall times are read off `dvc repro`'s output as it
 streams.
 
-    .venv/bin/python -m bench.uplift --quick      # 1 seed, 5 and 20 shots, 3 datasets: < 30 min on 2 cores
-    .venv/bin/python -m bench.uplift              # 3 seeds, 5/10/20/50 shots (36 runs): about an hour; own section
+    .venv/bin/python -m bench.uplift --quick      # 3 seeds, 5 shots, 3 datasets (9 runs): about 25-35 min on 2 cores
+    .venv/bin/python -m bench.uplift              # 5 seeds, 5/10/20 shots (45 runs): 2.5-3 hours on 2 cores; own section
+    .venv/bin/python -m bench.plot_uplift RAW.json [RAW.json ...] -o docs/img/uplift_grid.png   # the grid as a plot
+
+The variants are dvc.yaml's fine-tuning variants (real-only, real + classical,
+real + GAN, real + source relabelled, real + GAN + source, and hard-label mixing
+as an ablation: same optimiser-step budget and seed).
 
 Datasets (all at the pipeline's default 16x16; `--set data.image_size=28` for
 more detail at about 3x the GAN cost): `fashion` (Fashion-MNIST, source classes
@@ -21,10 +24,13 @@ more detail at about 3x the GAN cost): `fashion` (Fashion-MNIST, source classes
 and `mnist_usps` (MNIST -> USPS, all 10 classes). Fashion-MNIST, MNIST and
 USPS are read from `GANAUG_SHARED_DATA` (default `../shared/data`); a dataset
 whose files are absent is skipped, with the reason printed and in the report.
+The development scenarios, on which defaults are chosen, are `--datasets mnist04
+fashion_rev` (MNIST 0-4 -> 5-9 and Fashion-MNIST with the split reversed, 5-9 -> 0-4).
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import re
 import shutil
@@ -362,6 +368,101 @@ def render(run: dict, mode: str, command: str) -> str:
                 "images gets the `source` variant without training a GAN."]
     out += ["", "### Reading (generated from the numbers above)", "", *reading(rows)]
     return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- the grid as a plot
+
+_LOG_CELL = re.compile(r"^uplift: (\S+) seed (\d+) shots (\d+): macro-F1 (\{.*\})")
+PLOT_VARIANTS = ("classical", "gan", "source", "gan_source")  # the ablation (-4 to -23 points) would flatten the rest
+
+
+def load_cells(sources: list) -> list[dict]:
+    """Cells from raw JSON files (`--raw`), `.log` files of per-seed lines (`uplift: <dataset> seed <s> shots <n>:
+    macro-F1 {...}`, as a run prints them) or lists of cells; a (dataset, shots, seed) seen once is not read again."""
+    cells, seen = [], set()
+    for src in sources:
+        if isinstance(src, (list, tuple)):
+            found = list(src)
+        elif str(src).endswith(".log"):
+            found = []
+            for line in Path(src).read_text().splitlines():
+                m = _LOG_CELL.match(line)
+                if m:
+                    f1 = ast.literal_eval(m.group(4))  # a dict of floats, as printed
+                    found.append({"dataset": m.group(1), "seed": int(m.group(2)), "shots": int(m.group(3)),
+                                  "metrics": {k: {"macro_f1": float(v)} for k, v in f1.items()}})
+        else:
+            found = json.loads(Path(src).read_text())["cells"]
+        for c in found:
+            key = (c["dataset"], c["shots"], c["seed"])
+            if key not in seen:
+                seen.add(key)
+                cells.append(c)
+    return cells
+
+
+def uplift_points(cells: list[dict], variants=PLOT_VARIANTS) -> list[dict]:
+    """Per (dataset, shots, variant): Δ macro-F1 against real-only, mean and 95% paired Student-t interval over
+    seeds (`bench.common.mean_ci`, as the tables compute it), and the number of seeds."""
+    points = []
+    for key in sorted({_key(c) for c in cells}):
+        group = [c for c in cells if _key(c) == key]
+        for v in variants:
+            diffs = [c["metrics"][v]["macro_f1"] - c["metrics"][BASELINE]["macro_f1"] for c in group if v in c["metrics"]]
+            if diffs:
+                m, h = mean_ci(diffs)
+                points.append({"dataset": key[1], "shots": key[2], "variant": v, "delta": m,
+                               "half": h, "seeds": len(diffs)})
+    return points
+
+
+def plot_uplift(cells_or_sources: list, png_path: Path, variants=PLOT_VARIANTS) -> list[dict]:
+    """Draw each variant's Δ macro-F1 against real-only with its 95% paired interval, one panel per dataset and one
+    group per shot count, to `png_path`; returns the plotted points. Takes cells or paths (see `load_cells`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = load_cells([cells_or_sources] if cells_or_sources and isinstance(cells_or_sources[0], dict)
+                       else cells_or_sources)
+    points = uplift_points(cells, variants)
+    datasets = list(dict.fromkeys(p["dataset"] for p in points))
+    titles = {"fashion": "Fashion-MNIST 0-4 -> 5-9", "digits": "digits 0-4 -> 5-9", "mnist_usps": "MNIST -> USPS",
+              "mnist04": "MNIST 0-4 -> 5-9", "fashion_rev": "Fashion-MNIST 5-9 -> 0-4"}
+    colors = {"classical": "tab:gray", "gan": "tab:red", "source": "tab:blue", "gan_source": "tab:purple",
+              "augmented": "tab:olive"}
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.8), sharey=True, squeeze=False)
+    width = 0.8 / max(len(variants), 1)
+    for ax, dataset in zip(axes[0], datasets):
+        shots = sorted({p["shots"] for p in points if p["dataset"] == dataset})
+        for i, v in enumerate(variants):
+            for j, n in enumerate(shots):
+                p = next((q for q in points if (q["dataset"], q["shots"], q["variant"]) == (dataset, n, v)), None)
+                if p is None:
+                    continue
+                x = j - 0.4 + width * (i + 0.5)
+                clear = p["half"] is not None and abs(p["delta"]) > p["half"]
+                ax.errorbar(x, p["delta"] * 100, yerr=None if p["half"] is None else p["half"] * 100,
+                            fmt="o", mfc=colors.get(v, "k") if clear else "white",
+                            color=colors.get(v, "k"), capsize=3, ms=5,
+                            label=LABELS.get(v, v) if j == 0 else None)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(range(len(shots)), [f"{n} shots\n({max(q['seeds'] for q in points if q['dataset'] == dataset and q['shots'] == n)} seeds)"
+                                          for n in shots])
+        ax.set_title(titles.get(dataset, dataset), fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("Δ macro-F1 vs real-only (points)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(variants), fontsize=8, frameon=False)
+    fig.suptitle("Δ macro-F1 against real-only, mean and 95% paired t-interval over seeds "
+                 "(filled: the interval excludes 0)", fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return points
 
 
 # ---------------------------------------------------------------- command line
