@@ -28,6 +28,8 @@ and/or by their hard labels (`finetune.synth_labels`), see `ganaug/train/streams
 | `gan_source` | both |
 
 Their real batch is augmented with `finetune.real_augment` (default `none`; `--augment` overrides).
+Each writes its stream's images and teacher probabilities to `data/streams/<variant>/`
+(`ganaug/io/stream_labels.py`), which `concat` publishes.
 """
 from __future__ import annotations
 
@@ -36,12 +38,16 @@ from pathlib import Path
 
 from ganaug.config.errors import exit_on_user_error
 from ganaug.config.params import load_params
-from ganaug.io.atomic import atomic_file
+from ganaug.io.atomic import atomic_dir, atomic_file
 from ganaug.io.data import load_training_set
 from ganaug.nets.classifier import load_classifier, save_classifier
 from ganaug.train.classical_aug import POLICIES, check_policy
-from ganaug.train.finetune import build_stream, finetune, teacher_paths
+from ganaug.io.stream_labels import write_stream_labels
+from ganaug.train.finetune import build_stream, finetune, stream_labels_frame, teacher_paths, teacher_record
 from ganaug.train.runtime import pick_device
+
+
+STREAMS = Path("data/streams")
 
 
 @exit_on_user_error
@@ -68,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.extra:
         teachers = teacher_paths(p, Path("models/finetune"), Path("models/teachers"))
         stream = build_stream(args.extra, train, teachers, p, p.batch_size * 16, device)
+        with atomic_dir(STREAMS / args.variant) as tmp:  # the labels as this run uses them, for concat to publish
+            write_stream_labels(tmp, stream_labels_frame(stream), teacher_record(teachers, p))
     model, cfg, summary = finetune(clf_path, train, p, device, live_dir=f"dvclive/finetune/{args.variant}",
                                    ckpt_path=Path(f"checkpoints/finetune/{args.variant}.pt"), augment=args.augment,
                                    stream=stream)

@@ -24,6 +24,7 @@ from ganaug.config.errors import DataError
 from ganaug.config.params import DataParams
 from ganaug.io.data import ImageSet, LoadOptions, load_manifest_set, load_prepared, load_training_set
 from ganaug.io.imagefolder import MANIFEST, read_image, write_pngs
+from ganaug.io.stream_labels import stream_frame, write_stream_labels
 from stages.concat import concat
 from stages.prepare import prepare
 
@@ -375,8 +376,13 @@ def test_concat_refuses_a_synthetic_manifest_leaving_its_root_and_writes_nothing
     synthetic = _manifest_root(tmp_path, ["../outside.png"])
     real = ImageSet(np.zeros((2, 1, SIZE, SIZE), np.uint8), np.array([0, 1]), ["a", "b"])
     out = tmp_path / "data" / "augmented"
+    stream = tmp_path / "data" / "streams" / "gan_source"
+    stream.mkdir(parents=True)
+    refs = pd.read_parquet(synthetic / "manifest.parquet")["path"].tolist()  # the stream names every row
+    write_stream_labels(stream, stream_frame(["synthetic"] * len(refs), refs, np.zeros(len(refs), int),
+                                             np.full((len(refs), 2), 0.5)), {"temperature": 2.0})
     with pytest.raises(DataError, match=r"manifest path '../outside.png' leaves the dataset root"):
-        concat(real, synthetic, out)
+        concat(real, synthetic, stream, out)
     assert_nothing_written(out)
 
 

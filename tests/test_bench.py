@@ -157,3 +157,13 @@ def test_a_bench_project_on_a_machine_without_git_is_a_dvc_project_without_scm(t
     project = make_project(tmp_path / "project", {"data": {"shots": 3}})
     assert not (project / ".git").exists() and "no_scm = True" in (project / ".dvc/config").read_text()
     assert "prepare" in read_dag(project).order  # DVC reads the pipeline there
+
+
+def test_consumer_recipes_train_on_the_published_dataset_of_the_shared_run(tiny_repro):
+    """bench/consumer.py on the tiny run's data/augmented: every recipe trains and scores; the row counts follow
+    the rules (the class folders as shipped hold the real shots; hard_all adds every synthetic image)."""
+    from bench.consumer import RECIPES, Consumer, consume
+    out = consume(tiny_repro.project, Consumer(steps=3, batch_size=8), seed=0)
+    assert set(RECIPES) <= set(out) and all(0.0 <= out[r] <= 1.0 for r in RECIPES)
+    assert out["kept"]["real"] == 15 and out["kept"]["hard_all"] == 15 + 20  # 5 classes x (3 shots, 4 synthetic)
+    assert 15 <= out["kept"]["confident_k1"] <= out["kept"]["confident_k4"] <= 15 + 20

@@ -11,6 +11,8 @@ import pytest
 import yaml
 from torchvision.datasets import ImageFolder
 
+from ganaug.io.data import load_prepared
+
 from conftest import DVC, deep_update, pipeline_env, ran_stages, run
 
 FINETUNE = ("baseline", "classical", "augmented")  # real shots (augmented: the hard-label mixing ablation)
@@ -38,9 +40,10 @@ def test_repro_runs_everything_then_skips_then_reruns_only_downstream(tiny_repro
     assert "macro_f1" in shown and "baseline" in shown
 
     manifest = pd.read_parquet(project / "data/augmented/manifest.parquet")
-    assert manifest["origin"].value_counts().to_dict() == {"real": 15, "synthetic": 20}  # 5 classes x (3 shots, 4 synthetic)
-    folder = ImageFolder(str(project / "data/augmented"))
-    assert len(folder) == 35 and sorted(folder.class_to_idx) == ["0_5", "1_6", "2_7", "3_8", "4_9"]
+    n_source = len(load_prepared(project / "data/prepared/source.npz"))  # all of them: fewer than source_images
+    assert manifest["origin"].value_counts().to_dict() == {"real": 15, "synthetic": 20, "source": n_source}
+    folder = ImageFolder(str(project / "data/augmented"))  # the shipped hard-label view: the real shots alone
+    assert len(folder) == 15 and sorted(folder.class_to_idx) == ["0_5", "1_6", "2_7", "3_8", "4_9"]
     sheet = json.loads((project / "data/augmented/datasheet.json").read_text())
     assert sheet["judged"]["evaluation"]["recommendation"] == metrics["recommendation"]
     assert (project / "plots/samples.png").stat().st_size > 0

@@ -54,7 +54,7 @@ def check_hostile_names(project: Path, names: list[str], tmp_path: Path) -> None
         assert sorted(p.name for p in dirs) == class_folders(names) and all(p.parent == project / out for p in dirs)
 
     manifest = pd.read_parquet(project / "data/augmented/manifest.parquet")
-    assert manifest.drop_duplicates("label").sort_values("label")["class_name"].tolist() == names
+    assert manifest.dropna(subset=["label"]).drop_duplicates("label").sort_values("label")["class_name"].tolist() == names
     folder = ImageFolder(str(project / "data/augmented"))
     by_path = dict(zip(manifest["path"], manifest["label"]))
     assert [by_path[str(Path(p).relative_to(project / "data/augmented"))] for p, _ in folder.samples] == folder.targets

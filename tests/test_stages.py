@@ -2,18 +2,22 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from ganaug.config.errors import UserError
-from ganaug.config.params import ClassifierParams, DataParams, EvalParams, FinetuneParams
+from ganaug.config.params import ClassifierParams, DataParams, EvalParams, FinetuneParams, PublishParams
 from ganaug.io.data import ImageSet, LoadOptions, load_digits_set, load_prepared, load_training_set
-from ganaug.io.imagefolder import MANIFEST_COLUMNS, write_pngs
+from ganaug.io.imagefolder import PUBLISHED_COLUMNS, write_pngs
+from ganaug.io.stream_labels import read_stream_labels, stream_frame, write_stream_labels
+from ganaug.judge.hard_view import hard_view
 from ganaug.nets.classifier import ClassifierConfig, build_classifier, imagenet_weights_path, load_classifier, save_classifier
 from ganaug.train.finetune import finetune
 from stages.concat import concat
@@ -127,22 +131,60 @@ def test_finetune_replaces_head_and_is_deterministic(tmp_path):
     assert not torch.equal(before, m1.state_dict()["body.0.0.weight"])  # backbone fine-tuned too
 
 
-def test_concat_writes_an_imagefolder_with_manifest(tmp_path):
+def _stream_dir(root: Path, syn_paths: list[str], n_source: int, n_classes: int, seed: int = 0) -> Path:
+    """Stream labels as distill writes them: the synthetic images by path, then `n_source` source rows."""
+    g = np.random.default_rng(seed)
+    probs = g.dirichlet(np.ones(n_classes), len(syn_paths) + n_source)
+    df = stream_frame(["synthetic"] * len(syn_paths) + ["source"] * n_source,
+                      list(syn_paths) + [str(i) for i in range(n_source)],
+                      np.r_[np.zeros(len(syn_paths), int), -np.ones(n_source, int)], probs)
+    root.mkdir(parents=True)
+    write_stream_labels(root, df, {"temperature": 2.0, "variants": ["baseline"], "seeds": [0],
+                                   "mean_of": [{"file": "models/finetune/baseline.pt", "variant": "baseline",
+                                                "seed": 0, "sha256": "0" * 64}]})
+    return root
+
+
+def test_concat_publishes_every_stream_image_with_its_probabilities_and_a_hard_view_of_real_shots(tmp_path):
     d = load_digits_set(LoadOptions(16, 1))
     real = ImageSet(d.x[:6], np.array([0, 1, 0, 1, 0, 1]), ["a", "b"])
+    source = ImageSet(d.x[100:110], np.zeros(10, np.int64), ["s"])
     syn_root = tmp_path / "synthetic"
     paths = write_pngs(syn_root, d.x[6:10], np.array([0, 0, 1, 1]), ["a", "b"], stem="syn")
     pd.DataFrame({"path": paths, "label": [0, 0, 1, 1], "class_name": ["a", "a", "b", "b"], "origin": "synthetic",
                   "generator_sha256": "f" * 64, "seed": [0, 0, 0, 0]}).to_parquet(syn_root / "manifest.parquet")
-    df = concat(real, syn_root, tmp_path / "augmented")
-    assert list(df.columns) == MANIFEST_COLUMNS
-    assert df["origin"].value_counts().to_dict() == {"real": 6, "synthetic": 4}
-    assert df.loc[df.origin == "real", "generator_sha256"].isna().all()
+    stream = _stream_dir(tmp_path / "stream", paths, 3, 2)
+    df = concat(real, syn_root, stream, tmp_path / "augmented", source=source)
+    assert list(df.columns) == PUBLISHED_COLUMNS
+    assert df["origin"].value_counts().to_dict() == {"real": 6, "synthetic": 4, "source": 3}
+    labels, _ = read_stream_labels(stream)
+    probs = np.stack(df["probs"].to_numpy())
+    assert np.array_equal(probs[6:], labels.attrs["probs"])  # published as distill wrote them, not recomputed
+    assert np.array_equal(probs[:6], np.eye(2, dtype=np.float32)[real.y])  # real shots: one-hot
+    assert df["hard_view"].tolist() == [True] * 6 + [False] * 7  # shipped default: the class folders hold the shots
+    assert df.loc[~df.hard_view, "label"].isna().all() and df.loc[df.hard_view, "label"].tolist() == real.y.tolist()
     folder = ImageFolder(str(tmp_path / "augmented"))
-    assert len(folder) == 10 and folder.class_to_idx == {"0_a": 0, "1_b": 1}
+    assert len(folder) == 6 and folder.class_to_idx == {"0_a": 0, "1_b": 1}  # top-level images are in no class
     back = load_training_set([tmp_path / "augmented"], 16, 1)
-    assert len(back) == 10 and np.array_equal(back.x[:6], real.x)
+    assert len(back) == 6 and np.array_equal(back.x, real.x)
+    src_png = np.asarray(Image.open(tmp_path / "augmented" / df.loc[df.origin == "source", "path"].iloc[1]))
+    assert np.array_equal(src_png, source.x[1, 0])  # source row 1 is the source set's image 1
+    assert pq.read_schema(tmp_path / "augmented/manifest.parquet").metadata[b"ganaug_manifest_schema"] == b"ganaug-manifest/2"
     assert not list(tmp_path.glob(".augmented.tmp-*"))
+    no_src = concat(real, syn_root, stream, tmp_path / "augmented", publish=PublishParams(source_images=False))
+    assert "source" not in set(no_src["origin"]) and not list((tmp_path / "augmented").glob("src_*"))
+
+
+def test_hard_view_confident_keeps_confident_synthetic_images_up_to_k_per_shot():
+    origin = np.array(["real", "real", "synthetic", "synthetic", "synthetic", "synthetic", "source"])
+    asked = np.array([0, 1, 0, 0, 0, 1, -1])
+    probs = np.array([[1, 0], [0, 1], [0.95, 0.05], [0.99, 0.01], [0.97, 0.03], [0.2, 0.8], [0.99, 0.01]])
+    counts = np.array([1, 1])
+    assert hard_view(origin, asked, probs, counts, PublishParams()).tolist() == [True, True] + [False] * 5
+    p = PublishParams(hard_view="confident", min_confidence=0.9, max_per_shot=2)
+    assert hard_view(origin, asked, probs, counts, p).tolist() == [True, True, False, True, True, False, False]
+    p1 = p.model_copy(update={"max_per_shot": 1})
+    assert hard_view(origin, asked, probs, counts, p1).tolist() == [True, True, False, True, False, False, False]
 
 
 def test_evaluate_reports_both_variants(tmp_path, monkeypatch):

@@ -267,6 +267,15 @@ class EvalParams(_Section):
     batch_size: int = Field(512, ge=1)
 
 
+class PublishParams(_Section):
+    """What `data/augmented` (stage concat) publishes besides the real shots: the stream of the `gan_source`
+    variant with the teacher's probabilities, and which rows the class folders (the hard-label view) hold."""
+    source_images: bool = True  # publish the relabelled source images (origin `source`); false: the GAN's only
+    hard_view: Literal["real", "confident"] = "real"  # class folders: the real shots | + confident synthetic images
+    min_confidence: float = Field(0.9, ge=0, le=1)  # hard_view confident: teacher p(asked class) >= this ...
+    max_per_shot: int = Field(1, ge=0)  # ... and at most this many synthetic images per real shot of the class
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     classifier: ClassifierParams = ClassifierParams()
@@ -274,6 +283,7 @@ class Params(_Section):
     synth: SynthParams = SynthParams()
     finetune: FinetuneParams = FinetuneParams()
     eval: EvalParams = EvalParams()
+    publish: PublishParams = PublishParams()
     restore: RestoreParams = RestoreParams()
     meta: MetaParams = MetaParams()
 

@@ -268,6 +268,8 @@ def load_manifest_set(root: Path, opts: LoadOptions) -> ImageSet:
     """An ImageFolder tree written by ganaug, read through its manifest (paths kept inside `root`)."""
     df = read_manifest(root)
     where = root / MANIFEST
+    if "hard_view" in df.columns:  # a dataset ganaug published: its hard-label view (the class folders)
+        df = df[df["hard_view"].astype(bool)].reset_index(drop=True)
     if df.empty:
         raise DataError(f"{where}: no rows")
     if not pd.api.types.is_integer_dtype(df["label"]) or df["label"].isna().any():

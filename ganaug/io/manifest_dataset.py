@@ -1,9 +1,11 @@
 """`ManifestDataset`: a ganaug dataset (e.g. an imported `data/augmented`) read through its manifest.
 
-For downstream teams: a `torch.utils.data.Dataset` whose labels are the
-manifest's, never re-derived from folder names, with the rows of one origin
-when asked (`origin="real"` or `"synthetic"`). Items are `(image, label)` like
-torchvision's `ImageFolder` (a PIL image, or what `transform` makes of it).
+For downstream teams: a `torch.utils.data.Dataset` of the hard-label view (the
+rows with a `label`: the class folders' images), whose labels are the manifest's,
+never re-derived from folder names, with the rows of one origin when asked
+(`origin="real"` or `"synthetic"`). Items are `(image, label)` like torchvision's
+`ImageFolder` (a PIL image, or what `transform` makes of it). For every image with
+the teacher's probabilities, use `ganaug.published.load`.
 
     from ganaug.io.manifest_dataset import ManifestDataset
     ds = ManifestDataset("augmented", origin="synthetic", transform=torchvision.transforms.v2.ToImage())
@@ -21,7 +23,7 @@ from torch.utils.data import Dataset
 from ganaug.config.errors import DataError
 from ganaug.io.imagefolder import MANIFEST, manifest_classes, read_manifest, safe_join
 
-ORIGINS = ("real", "synthetic")
+ORIGINS = ("real", "synthetic", "source")
 
 
 class ManifestDataset(Dataset):
@@ -34,6 +36,7 @@ class ManifestDataset(Dataset):
         where = self.root / MANIFEST
         if origin is not None and origin not in ORIGINS:
             raise DataError(f"{where}: origin must be one of {ORIGINS} or None, got {origin!r}")
+        df = df[df["label"].notna()].astype({"label": "int64"})  # the hard-label view
         self.classes: list[str] = manifest_classes(df, where)
         self.class_to_idx = {name: k for k, name in enumerate(self.classes)}
         self.frame: pd.DataFrame = (df if origin is None else df[df["origin"] == origin]).reset_index(drop=True)

@@ -13,11 +13,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ganaug.config.errors import DataError, UserError
 from ganaug.config.params import FinetuneParams
+from ganaug.io.atomic import file_sha256
 from ganaug.io.data import ImageSet, load_prepared, load_synthetic, to_float
+from ganaug.io.imagefolder import read_manifest
+from ganaug.io.stream_labels import stream_frame
 from ganaug.nets.classifier import load_classifier, load_classifier_and_summary
 from ganaug.train.classical_aug import build_augment
 from ganaug.train.fit import FitConfig, fit
@@ -107,9 +111,11 @@ def teacher_paths(p: FinetuneParams, variants_dir: Path, teachers_dir: Path) -> 
     return [Path(variants_dir) / f"{t}.pt" for t in p.teacher] + [Path(teachers_dir) / f for f in index["files"]]
 
 
-def load_stream_images(paths: list[Path], train: ImageSet, p: FinetuneParams) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, C, H, W uint8) and hard labels (-1 for source images) of the second stream's sources."""
-    xs, hs = [], []
+def load_stream_images(paths: list[Path], train: ImageSet, p: FinetuneParams
+                       ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Images (N, C, H, W uint8), hard labels (-1 for source images) and (origin, ref) of each image of the
+    second stream's sources: ref is a synthetic image's manifest path or a source image's row in its .npz."""
+    xs, hs, refs = [], [], []
     for path in paths:
         if path.suffix == ".npz":  # the prepared source set: other classes, so no hard label
             src = load_prepared(path)
@@ -118,21 +124,40 @@ def load_stream_images(paths: list[Path], train: ImageSet, p: FinetuneParams) ->
             idx = subsample(len(src), p.source_images, p.seed).numpy()
             xs.append(src.x[idx])
             hs.append(np.full(len(idx), -1, dtype=np.int64))
+            refs += [("source", str(int(i))) for i in idx]
         else:
             syn = load_synthetic(path, train)
             if syn is not None:  # a filter may have kept no synthetic image at all
                 xs.append(syn.x)
                 hs.append(syn.y)
+                refs += [("synthetic", str(rel)) for rel in read_manifest(path)["path"]]
     if not xs:
         raise DataError(f"{', '.join(map(str, paths))}: no images for the second stream")
-    return np.concatenate(xs), np.concatenate(hs)
+    return np.concatenate(xs), np.concatenate(hs), refs
 
 
 def build_stream(paths: list[Path], train: ImageSet, teacher_paths: list[Path], p: FinetuneParams,
                  batch_size: int, device: torch.device) -> Stream:
     """The second stream: its images, and their hard labels and probabilities under the mean of the teachers at
-    `teacher_paths` (at `p.temperature`)."""
-    x, hard = load_stream_images(paths, train, p)
+    `teacher_paths` (at `p.temperature`); `refs` says where each image came from (`stream_labels_frame`)."""
+    x, hard, refs = load_stream_images(paths, train, p)
     x = to_float(x)
     soft = teacher_probs(load_teachers(teacher_paths, train), x, p.temperature, batch_size, device)
-    return Stream(x, soft, torch.from_numpy(hard), p.temperature)
+    return Stream(x, soft, torch.from_numpy(hard), p.temperature, refs=refs)
+
+
+def stream_labels_frame(stream: Stream) -> pd.DataFrame:
+    """The stream's rows as `data/streams/<variant>/labels.parquet` records them (`ganaug/io/stream_labels.py`)."""
+    origin, ref = zip(*stream.refs) if stream.refs else ((), ())
+    return stream_frame(list(origin), list(ref), stream.hard.numpy(), stream.soft.numpy())
+
+
+def teacher_record(paths: list[Path], p: FinetuneParams) -> dict:
+    """What `teacher.json` says of the teacher: the temperature and each file's variant, seed and sha256."""
+    files = []
+    for path in paths:
+        summary = load_classifier_and_summary(path)[3]
+        files.append({"file": str(path), "variant": summary.get("variant"), "seed": summary.get("seed", p.seed),
+                      "sha256": file_sha256(path)})
+    return {"temperature": p.temperature, "mean_of": files, "variants": list(p.teacher),
+            "seeds": [p.seed + k for k in range(p.teacher_seeds)]}

@@ -33,6 +33,7 @@ class Stream:
     soft: torch.Tensor  # (N, K) teacher probabilities at `temperature` (rows sum to 1)
     hard: torch.Tensor  # (N,) long: the intended class, or -1 for none
     temperature: float = 1.0
+    refs: Optional[list[tuple[str, str]]] = None  # (origin, ref) of each image, when known (ganaug/io/stream_labels.py)
 
     def __len__(self) -> int:
         return len(self.hard)
