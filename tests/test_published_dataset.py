@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -234,3 +235,24 @@ def test_no_temporary_is_left_and_a_rewrite_replaces_every_file(tmp_path):
     # no image of the old version's class folders survives (top-level files are named by their source row)
     assert not first & {p for p in second if p.endswith(".png") and "/" in p}
     assert not [p for p in os.listdir(out.parent) if p.startswith(".augmented")]
+
+
+def test_the_loading_code_and_the_consumer_recipe_of_docs_downstream_run_as_written(tmp_path, monkeypatch):
+    """Every python block of docs/downstream.md, run in a folder holding a published `augmented` (the recipe's
+    300 steps cut to 3): what a downstream team copies works."""
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    out, df = _published(tmp_path, FASHION, publish=load_params(ROOT / "params.yaml").publish)
+    monkeypatch.chdir(out.parent)
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs/downstream.md").read_text(), re.S)
+    assert len(blocks) >= 3 and "range(300)" in blocks[-1]
+    for code in blocks:
+        scope: dict = {}
+        exec(compile(code.replace("range(300)", "range(3)"), "docs/downstream.md", "exec"), scope)
+        if "folders" in scope:
+            assert len(scope["folders"]) == len(scope["hf_hard"]) == int(df["hard_view"].sum())
+        if "probs" in scope:
+            assert scope["x"].shape[0] == len(df) and scope["probs"].shape == (len(df), len(FASHION))
+        if "model" in scope:
+            assert torch.isfinite(scope["loss"]) and scope["T"] == 2.0
