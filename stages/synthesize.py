@@ -1,6 +1,8 @@
-"""Stage `synthesize`: a generator of `models/gan.pt` -> `data/synthetic` + `plots/samples.png`.
+"""Stage `synthesize`: the generator of kind `synth.kind` -> `data/synthetic` + `plots/samples.png`.
 
-The core is `ganaug/tools/synthesis.py` (also behind `ganaug sample`).
+The generator is `models/gan.pt` (kind `gan`, the default) or
+`models/generators/<kind>.pt` (e.g. `repair`: variations of the shots, stage
+`train_repair`), loaded only as that kind. The core is `ganaug/tools/synthesis.py` (also behind `ganaug sample`).
 `data/synthetic/` is an ImageFolder tree (`<class folder>/syn_<i>.png`) with
 `manifest.parquet` (columns `MANIFEST_COLUMNS`) and `report.json` (per-class
 quota, kept, drawn and shortfall; the memorisation check). Rows are class-major.
@@ -19,7 +21,8 @@ quota, kept, drawn and shortfall; the memorisation check). Rows are class-major.
 All noise comes from one `torch.Generator` seeded with `synth.seed`, drawn in
 rounds of class-major candidates, so the result does not depend on
 `synth.batch_size`; with `filter: none` and no copies dropped, row i of the
-manifest is noise vector i, as before. `generator_sha256` is the sha256 of the gan.pt bytes.
+manifest is noise vector i. `generator_sha256` is the sha256 of the checkpoint's bytes; a kind's own
+per-image columns (repair: `parent_shot`, `strength`) follow the manifest's columns.
 
 `plots/samples.png` shows the first 10 images of every class as written (or,
 when none are written, 10 preview samples per class that are not written anywhere).
@@ -32,6 +35,7 @@ from pathlib import Path
 from ganaug.config.errors import exit_on_user_error
 from ganaug.config.params import load_params
 from ganaug.io.data import load_prepared
+from ganaug.nets.generators import check_kind_param, checkpoint_path
 from ganaug.tools.synthesis import REPORT, synthesize
 from ganaug.train.runtime import pick_device
 
@@ -39,14 +43,16 @@ from ganaug.train.runtime import pick_device
 @exit_on_user_error
 def main() -> None:
     p = load_params("params.yaml").synth
+    kind = check_kind_param(p.kind)
     out_dir, png = Path("data/synthetic"), Path("plots/samples.png")
     real = load_prepared("data/restored/target_train.npz")
-    df = synthesize(Path("models/gan.pt"), p, out_dir, png, pick_device(), real, Path("models/finetune/baseline.pt"))
+    df = synthesize(checkpoint_path(kind), p, out_dir, png, pick_device(), real, Path("models/finetune/baseline.pt"),
+                    expect=kind)
     rep = json.loads((out_dir / REPORT).read_text())
     short = f", short by {rep['shortfall']} (cap synth.max_factor={p.max_factor})" if rep["shortfall"] else ""
     memo = rep["memorisation"] or {}
     print(f"synthesize: {len(df)} images (filter {p.filter}{short}; dropped {memo.get('exact_copies', 0)} exact and "
-          f"{memo.get('near_copies_dropped', 0)} near copies) -> {out_dir}, grid -> {png}")
+          f"{memo.get('near_copies_dropped', 0)} near copies) from the {kind} generator -> {out_dir}, grid -> {png}")
 
 
 if __name__ == "__main__":

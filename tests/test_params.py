@@ -107,6 +107,7 @@ STAGES = [
     ("prepare", None),
     ("pretrain", None),
     ("train_gan", None),
+    ("train_repair", None),
     ("synthesize", None),
     ("concat", None),
     ("finetune", ["--variant", "baseline", "--train", "data/restored/target_train.npz"]),

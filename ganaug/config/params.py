@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ganaug.config.errors import UserError
-from ganaug.restore.corruptions import parse_spec
+from ganaug.restore.corruptions import CORRUPTIONS, parse_spec
 
 ClassRef = Union[int, str]  # a class index into the dataset's sorted classes, or a class name
 
@@ -182,6 +182,9 @@ class SynthParams(_Section):
     min_nn_distance: float = Field(0.0, ge=0)  # drop candidates closer than this to a real shot (feature space)
     batch_size: int = Field(256, ge=1)
     seed: int = Field(0, ge=0, le=SEED_MAX)
+    # the generator kind synthesized from (ganaug/nets/generators.py KINDS; checked by the stages that read it):
+    # gan (models/gan.pt) | repair (models/generators/repair.pt, see repair:)
+    kind: str = "gan"
 
     @model_validator(mode="after")
     def _one_quota(self) -> "SynthParams":
@@ -263,6 +266,35 @@ class RestoreParams(_Section):
         return self.corruption or data_corrupt
 
 
+class RepairParams(_Section):
+    """The `repair` generator kind (stage train_repair): variations of the shots, damaged at random and repaired
+    by a U-Net trained on the source images. Trained only when synth.kind is repair."""
+    corruptions: list[str] = ["occlusion", "noise", "blur"]  # names of ganaug/restore/corruptions.py, one drawn per image
+    strengths: list[float] = [0.3, 0.7]  # [lo, hi]: each image's severity is drawn uniformly in it
+    width: int = Field(8, ge=1)  # the U-Net's first width
+    steps: int = Field(150, ge=1)  # on the source images, damaged on the fly
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    checkpoint_every: int = Field(50, ge=1)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+
+    @field_validator("corruptions")
+    @classmethod
+    def _known_corruptions(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if c not in CORRUPTIONS]
+        if not v or bad:
+            raise ValueError(f"expected a non-empty list of corruption names out of {', '.join(CORRUPTIONS)}"
+                             + (f", got {bad}" if bad else ""))
+        return v
+
+    @field_validator("strengths")
+    @classmethod
+    def _a_range(cls, v: list[float]) -> list[float]:
+        if len(v) != 2 or not 0 < v[0] <= v[1] <= 1:
+            raise ValueError(f"expected [lo, hi] with 0 < lo <= hi <= 1, got {v}")
+        return v
+
+
 class EvalParams(_Section):
     batch_size: int = Field(512, ge=1)
 
@@ -286,6 +318,7 @@ class Params(_Section):
     publish: PublishParams = PublishParams()
     restore: RestoreParams = RestoreParams()
     meta: MetaParams = MetaParams()
+    repair: RepairParams = RepairParams()
 
     @model_validator(mode="after")
     def _restore_knows_what(self) -> "Params":

@@ -22,11 +22,13 @@ from typing import Callable, Optional
 import torch
 
 from ganaug.config.errors import UserError
-from ganaug.nets import gan
+from ganaug.config.params import ParamsError
+from ganaug.nets import gan, repair
 from ganaug.nets.sampling import SampleOptions, Sampler
 
 LoadKind = Callable[[dict, SampleOptions, Path], Sampler]  # checkpoint dict, options, its path -> Sampler
 UNMARKED_KIND = gan.KIND  # the kind of a checkpoint without a `kind` key
+GENERATOR_DIR = Path("models/generators")  # the checkpoints of every kind but the GAN, <kind>.pt
 
 
 class KindError(UserError):
@@ -41,7 +43,20 @@ class Kind:
 
 KINDS: dict[str, Kind] = {
     gan.KIND: Kind(gan.load_sampler, conditioned=False),  # the class-conditional GAN (train_gan -> models/gan.pt)
+    repair.KIND: Kind(repair.load_sampler, conditioned=True),  # damaged-and-repaired shots (train_repair)
 }
+
+
+def checkpoint_path(kind: str) -> Path:
+    """Where the pipeline keeps a kind's checkpoint: `models/gan.pt` for the GAN, else `models/generators/<kind>.pt`."""
+    return Path("models/gan.pt") if kind == gan.KIND else GENERATOR_DIR / f"{kind}.pt"
+
+
+def check_kind_param(kind: str, key: str = "synth.kind") -> str:
+    """`kind` if it is registered; ParamsError naming `key` and the registered kinds otherwise."""
+    if kind not in KINDS:
+        raise ParamsError(f"params.yaml: {key}: unknown generator kind {kind!r} (registered: {', '.join(KINDS)})")
+    return kind
 
 
 def register(name: str, kind: Kind) -> None:

@@ -69,14 +69,15 @@ def manifest(paths: list[str], y: np.ndarray, kept: Samples, class_names: list[s
 
 
 def synthesize(generator_path: Path, p: SynthParams, out_dir: Path, samples_png: Path, device: torch.device,
-               real: Optional[ImageSet] = None, judge_path: Optional[Path] = None) -> pd.DataFrame:
+               real: Optional[ImageSet] = None, judge_path: Optional[Path] = None,
+               expect: Optional[str] = None) -> pd.DataFrame:
     """Write the kept synthetic images, their manifest and `report.json` to `out_dir`, and the sample grid.
 
     `real` (the target shots) sets the quotas of `synth.ratio` and is what a conditioned
     generator draws from; with `judge_path` (the classifier fine-tuned on them)
-    candidates are filtered and checked for copies.
+    candidates are filtered and checked for copies. `expect`: load only a generator of that kind.
     """
-    sampler = load_sampler(generator_path, sample_options(p, device))
+    sampler = load_sampler(generator_path, sample_options(p, device), expect)
     require_shots(sampler, real)
     judge = load_judge(judge_path, real, p.batch_size, device) if judge_path is not None and real is not None else None
     counts = np.bincount(real.y, minlength=sampler.n_classes) if real is not None else None
