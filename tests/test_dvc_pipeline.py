@@ -8,6 +8,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from torchvision.datasets import ImageFolder
 
@@ -19,7 +20,7 @@ FINETUNE = ("baseline", "classical", "augmented")  # real shots (augmented: the 
 DISTILL = ("gan", "source", "gan_source")  # real shots + a teacher-labelled second stream
 VARIANTS = FINETUNE + DISTILL
 # the stages that compute something (not `code`, which runs only when the code changes)
-ALL_STAGES = {"prepare", "pretrain", "restore", "pretrain_gan", "meta_gan", "train_gan", "synthesize", "concat", "teachers",
+ALL_STAGES = {"prepare", "pretrain", "restore", "pretrain_gan", "meta_gan", "train_gan", "train_repair", "synthesize", "concat", "teachers",
               *(f"finetune@{v}" for v in FINETUNE), *(f"distill@{v}" for v in DISTILL), "evaluate", "gan_metrics"}
 
 
@@ -75,3 +76,23 @@ def test_repro_runs_everything_then_skips_then_reruns_only_downstream(tiny_repro
     assert "--augment randaugment" in fourth.stdout
     after = json.loads((project / "metrics/eval.json").read_text())
     assert after["baseline"] == before["baseline"] and after["augmented"] == before["augmented"]
+
+
+@pytest.mark.heavy
+def test_selecting_the_repair_kind_trains_it_and_leaves_the_gan_a_placeholder(tiny_repro_copy):
+    """synth.kind: repair through `dvc repro`: train_repair trains, train_gan writes its placeholder instead of
+    training, and the synthetic manifest records each variation's parent shot and strength."""
+    project = tiny_repro_copy
+    set_params(project, {"synth": {"kind": "repair"}, "repair": {"steps": 4, "width": 8, "checkpoint_every": 2}})
+    out = run(DVC + ["repro"], project, env=pipeline_env())
+    assert {"train_gan", "train_repair", "synthesize", "concat", "evaluate"} <= ran_stages(out.stdout)
+    gan = torch.load(project / "models/gan.pt", weights_only=True)
+    assert set(gan) == {"kind", "placeholder"}  # no GAN weights: nothing was trained
+    assert "placeholder" not in torch.load(project / "models/generators/repair.pt", weights_only=True)
+    syn = pd.read_parquet(project / "data/synthetic/manifest.parquet")
+    shots = load_prepared(project / "data/restored/target_train.npz")
+    assert len(syn) == 20 and syn["parent_shot"].between(0, len(shots) - 1).all()
+    assert (shots.y[syn["parent_shot"].to_numpy()] == syn["label"].to_numpy()).all()  # a variation keeps its class
+    lo, hi = yaml.safe_load((project / "params.yaml").read_text())["repair"]["strengths"]
+    assert syn["strength"].between(lo, hi).all()
+    assert json.loads((project / "metrics/eval.json").read_text())["gan"]["macro_f1"] >= 0

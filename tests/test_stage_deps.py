@@ -23,7 +23,7 @@ STREAM_KEYS = {"synth_batch", "synth_weight", "synth_labels", "mixed_hard_weight
                "schedule", "first_fraction", "synth_augment", "source_images", "teacher_seeds", "real_augment"}
 # keys the code reads that cannot change a stage's outputs, with the reason
 NO_EFFECT = {"gan.checkpoint_every", "finetune.checkpoint_every", "restore.checkpoint_every",
-             "repair.checkpoint_every"}  # only how often a resumable checkpoint is written
+             "repair.checkpoint_every", "dagan.checkpoint_every"}  # only how often a resumable checkpoint is written
 NOT_USED = {
     # source_params() replaces these with fixed values for the source run
     "pretrain_gan": {f"gan.{k}" for k in ("steps", "freeze", "average_last", "freeze_d_blocks", "alternate_steps",
@@ -49,6 +49,8 @@ NOT_USED = {
                | {f"finetune.{k}" for k in STREAM_KEYS | {"augment"}},
     # reads only synth.kind: which generator kind to train (the rest of synth is how synthesize samples)
     "train_repair": {f"synth.{k}" for k in SECTIONS["synth"] - {"kind"}},
+    "train_gan": {f"synth.{k}" for k in SECTIONS["synth"] - {"kind"}},
+    "train_dagan": {f"synth.{k}" for k in SECTIONS["synth"] - {"kind"}},
 }
 # stages that depend on every key of params.yaml (`- params.yaml:` in dvc.yaml), with the reason
 WHOLE_FILE = {"concat": "its datasheet records the whole params.yaml"}
