@@ -1,8 +1,9 @@
 """Stage `synthesize`: the generator of kind `synth.kind` -> `data/synthetic` + `plots/samples.png`.
 
 The generator is `models/gan.pt` (kind `gan`, the default) or
-`models/generators/<kind>.pt` (e.g. `repair`: variations of the shots, stage
-`train_repair`), loaded only as that kind. The core is `ganaug/tools/synthesis.py` (also behind `ganaug sample`).
+`models/generators/<kind>.pt` (e.g. `repair` or `dagan`: variations of the shots,
+stages `train_repair` and `train_dagan`), loaded only as that kind. The core is
+`ganaug/tools/synthesis.py` (also behind `ganaug sample`).
 `data/synthetic/` is an ImageFolder tree (`<class folder>/syn_<i>.png`) with
 `manifest.parquet` (columns `MANIFEST_COLUMNS`) and `report.json` (per-class
 quota, kept, drawn and shortfall; the memorisation check). Rows are class-major.
@@ -22,7 +23,7 @@ All noise comes from one `torch.Generator` seeded with `synth.seed`, drawn in
 rounds of class-major candidates, so the result does not depend on
 `synth.batch_size`; with `filter: none` and no copies dropped, row i of the
 manifest is noise vector i. `generator_sha256` is the sha256 of the checkpoint's bytes; a kind's own
-per-image columns (repair: `parent_shot`, `strength`) follow the manifest's columns.
+per-image columns (repair, dagan: `parent_shot`, `strength`) follow the manifest's columns.
 
 `plots/samples.png` shows the first 10 images of every class as written (or,
 when none are written, 10 preview samples per class that are not written anywhere).

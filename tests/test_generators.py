@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from ganaug.config.errors import UserError, one_line
-from ganaug.config.params import GanParams, RepairParams, SynthParams
+from ganaug.config.params import DaganParams, GanParams, RepairParams, SynthParams
 from ganaug.io.data import ImageSet, LoadOptions, load_digits_set, save_prepared, select_classes
 from ganaug.io.imagefolder import MANIFEST_COLUMNS, read_manifest
 from ganaug.nets.generators import KINDS, Kind, KindError, load_sampler, register
@@ -20,6 +20,7 @@ from ganaug.nets.sampling import SampleOptions, Sampler, Samples
 from ganaug.tools.synthesis import synthesize
 from ganaug.train.gan import check_gan_checkpoint, train_gan
 from pipeline.cli import main as cli
+from stages.train_dagan import write_dagan
 from stages.train_repair import write_repair
 
 CPU = torch.device("cpu")
@@ -84,7 +85,15 @@ def save_repair(path: Path, shots: ImageSet) -> Path:
     return path
 
 
-CHECKPOINTS: dict[str, Callable[[Path, ImageSet], Path]] = {"gan": save_gan, "repair": save_repair}  # one writer per kind
+def save_dagan(path: Path, shots: ImageSet) -> Path:
+    """A DAGAN trained for 2 steps (on pairs of the shots themselves), written by its stage's core."""
+    write_dagan("dagan", shots, shots, DaganParams(z_dim=4, g_width=8, d_width=8, steps=2, batch_size=6), path,
+                path.parent / "ckpt", CPU)
+    return path
+
+
+CHECKPOINTS: dict[str, Callable[[Path, ImageSet], Path]] = {"gan": save_gan, "repair": save_repair,
+                                                           "dagan": save_dagan}  # one writer per kind
 
 
 def test_every_registered_kind_has_a_checkpoint_writer_here():

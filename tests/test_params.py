@@ -108,6 +108,7 @@ STAGES = [
     ("pretrain", None),
     ("train_gan", None),
     ("train_repair", None),
+    ("train_dagan", None),
     ("synthesize", None),
     ("concat", None),
     ("finetune", ["--variant", "baseline", "--train", "data/restored/target_train.npz"]),

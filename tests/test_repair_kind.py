@@ -177,7 +177,7 @@ def test_repair_params_and_synth_kind_are_checked_naming_the_key():
             parse_params({"repair": raw})
     with pytest.raises(ParamsError) as err:
         check_kind_param("vae")
-    assert str(err.value) == "params.yaml: synth.kind: unknown generator kind 'vae' (registered: gan, repair)"
+    assert str(err.value) == "params.yaml: synth.kind: unknown generator kind 'vae' (registered: gan, repair, dagan)"
 
 
 @pytest.mark.parametrize("stage", ["train_repair", "synthesize"])

@@ -183,7 +183,8 @@ class SynthParams(_Section):
     batch_size: int = Field(256, ge=1)
     seed: int = Field(0, ge=0, le=SEED_MAX)
     # the generator kind synthesized from (ganaug/nets/generators.py KINDS; checked by the stages that read it):
-    # gan (models/gan.pt) | repair (models/generators/repair.pt, see repair:)
+    # gan (models/gan.pt) | repair (models/generators/repair.pt, see repair:) | dagan (models/generators/dagan.pt,
+    # see dagan:)
     kind: str = "gan"
 
     @model_validator(mode="after")
@@ -295,6 +296,34 @@ class RepairParams(_Section):
         return v
 
 
+class DaganParams(_Section):
+    """The `dagan` generator kind (stage train_dagan): G(x, z) makes variations of a shot, trained adversarially
+    on pairs of source images of one class, then adapted on pairs of the target shots. Trained only when
+    synth.kind is dagan."""
+    z_dim: int = Field(16, ge=1)
+    g_width: int = Field(16, ge=1)
+    d_width: int = Field(16, ge=1)
+    steps: int = Field(1000, ge=1)  # on pairs of source images
+    adapt_steps: int = Field(0, ge=0)  # then on pairs of the target shots (classes with two shots or more)
+    batch_size: int = Field(32, ge=1)
+    lr_g: float = Field(5e-4, gt=0)
+    lr_d: float = Field(5e-4, gt=0)
+    ema_decay: float = Field(0.99, ge=0, lt=1)
+    diffaug: str = "translation,cutout"  # DiffAugment on D's pairs, each pair shifted and cut as a whole
+    mismatch: float = Field(1.0, ge=0)  # D also scores real pairs of two classes as fakes (weight of that loss)
+    diversity: float = Field(1.0, ge=0)  # mode seeking: rewards G for different images from different noise, up to a cap
+    checkpoint_every: int = Field(100, ge=1)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+
+    @field_validator("diffaug")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        bad = [p for p in v.split(",") if p and p not in DIFFAUG_OPS]
+        if bad:
+            raise ValueError(f"unknown DiffAugment op(s) {bad}; allowed: {', '.join(DIFFAUG_OPS)} (comma-separated) or ''")
+        return v
+
+
 class EvalParams(_Section):
     batch_size: int = Field(512, ge=1)
 
@@ -319,6 +348,7 @@ class Params(_Section):
     restore: RestoreParams = RestoreParams()
     meta: MetaParams = MetaParams()
     repair: RepairParams = RepairParams()
+    dagan: DaganParams = DaganParams()
 
     @model_validator(mode="after")
     def _restore_knows_what(self) -> "Params":

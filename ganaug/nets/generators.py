@@ -23,7 +23,7 @@ import torch
 
 from ganaug.config.errors import UserError
 from ganaug.config.params import ParamsError
-from ganaug.nets import gan, repair
+from ganaug.nets import dagan, gan, repair
 from ganaug.nets.sampling import SampleOptions, Sampler
 
 LoadKind = Callable[[dict, SampleOptions, Path], Sampler]  # checkpoint dict, options, its path -> Sampler
@@ -44,6 +44,7 @@ class Kind:
 KINDS: dict[str, Kind] = {
     gan.KIND: Kind(gan.load_sampler, conditioned=False),  # the class-conditional GAN (train_gan -> models/gan.pt)
     repair.KIND: Kind(repair.load_sampler, conditioned=True),  # damaged-and-repaired shots (train_repair)
+    dagan.KIND: Kind(dagan.load_sampler, conditioned=True),  # shots varied by a pair-trained GAN (train_dagan)
 }
 
 
