@@ -14,7 +14,8 @@ probabilities the `distill` stage wrote to `data/streams/gan_source/`
   `ImageFolder` and Hugging Face's `imagefolder` read only images whose folder is their class;
 - every other image at the top level (`syn_<i>.png`, `src_<i>.png`), where neither
   reader takes it for a member of a class;
-- `manifest.parquet` (schema `MANIFEST_SCHEMA`), one row per image: `PUBLISHED_COLUMNS`;
+- `manifest.parquet` (schema `MANIFEST_SCHEMA`), one row per image: `PUBLISHED_COLUMNS` (for the images of a
+  shot-conditioned generator kind, `parent_shot`, the real row i, i.e. `real_<i>.png`, they vary, and `strength`);
   `probs` is the teacher's distribution over the target classes in label order
   (one-hot for real shots) at the temperature the datasheet states; `label` and
   `class_name` are set on the rows of the hard-label view only;
@@ -81,9 +82,10 @@ def _synthetic_rows(synthetic_dir: Path, stream: pd.DataFrame, probs: np.ndarray
     for rel in refs:  # every path checked before any image is written
         safe_join(synthetic_dir, rel)
     asked = np.array([class_names.index(c) for c in syn.loc[refs, "class_name"]], dtype=np.int64)
+    conditioned = {c: syn.loc[refs, c].to_numpy() for c in ("parent_shot", "strength") if c in syn.columns}
     return _rows("synthetic", refs, probs[sel], asked,
                  generator_sha256=pd.array(syn.loc[refs, "generator_sha256"], dtype="string"),
-                 seed=pd.array(syn.loc[refs, "seed"], dtype="Int64"))
+                 seed=pd.array(syn.loc[refs, "seed"], dtype="Int64"), **conditioned)
 
 
 def _source_rows(stream: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
@@ -137,7 +139,8 @@ def published_rows(real: ImageSet, synthetic_dir: Path, stream: pd.DataFrame, pu
     df["label"] = pd.array([int(k) if v else None for k, v in zip(asked, df["hard_view"])], dtype="Int64")
     df["class_name"] = pd.array([real.class_names[int(k)] if v else None
                                  for k, v in zip(asked, df["hard_view"])], dtype="string")
-    for col, dtype in (("generator_sha256", "string"), ("seed", "Int64"), ("source_index", "Int64")):
+    for col, dtype in (("generator_sha256", "string"), ("seed", "Int64"), ("source_index", "Int64"),
+                       ("parent_shot", "Int64"), ("strength", "float64")):
         df[col] = df[col].astype(dtype) if col in df else pd.array([None] * len(df), dtype=dtype)
     return df
 

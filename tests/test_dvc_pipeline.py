@@ -96,3 +96,8 @@ def test_selecting_the_repair_kind_trains_it_and_leaves_the_gan_a_placeholder(ti
     lo, hi = yaml.safe_load((project / "params.yaml").read_text())["repair"]["strengths"]
     assert syn["strength"].between(lo, hi).all()
     assert json.loads((project / "metrics/eval.json").read_text())["gan"]["macro_f1"] >= 0
+    pub = pd.read_parquet(project / "data/augmented/manifest.parquet")
+    real, made = pub[pub["origin"] == "real"], pub[pub["origin"] == "synthetic"]
+    assert real["parent_shot"].isna().all() and len(made) == 20
+    parents = real.iloc[made["parent_shot"].to_numpy(int)]  # the published real row i is shot i
+    assert (parents["label"].to_numpy() == made["asked_label"].to_numpy()).all()

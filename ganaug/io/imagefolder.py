@@ -33,7 +33,7 @@ MANIFEST_COLUMNS = ["path", "label", "class_name", "origin", "generator_sha256",
 # data/augmented (stage concat): every image with the teacher's probabilities; label and class_name on the rows
 # of the hard-label view (hard_view, the class folders) only
 PUBLISHED_COLUMNS = ["path", "label", "class_name", "origin", "probs", "hard_view", "teacher_label", "asked_label",
-                     "generator_sha256", "seed", "source_index"]
+                     "generator_sha256", "seed", "source_index", "parent_shot", "strength"]
 MANIFEST_SCHEMA = "ganaug-manifest/2"  # in manifest.parquet's key-value metadata and the datasheet
 HF_METADATA = "metadata.jsonl"  # Hugging Face `imagefolder` metadata: file_name + the manifest's other columns
 SLUG_MAX = 48  # characters of a class name kept in its folder name
