@@ -20,7 +20,8 @@ FINETUNE = ("baseline", "classical", "augmented")  # real shots (augmented: the 
 DISTILL = ("gan", "source", "gan_source")  # real shots + a teacher-labelled second stream
 VARIANTS = FINETUNE + DISTILL
 # the stages that compute something (not `code`, which runs only when the code changes)
-ALL_STAGES = {"prepare", "pretrain", "restore", "pretrain_gan", "meta_gan", "train_gan", "train_repair", "synthesize", "concat", "teachers",
+ALL_STAGES = {"prepare", "pretrain", "restore", "pretrain_gan", "meta_gan", "train_gan", "train_repair", "train_dagan",
+              "synthesize", "concat", "teachers",
               *(f"finetune@{v}" for v in FINETUNE), *(f"distill@{v}" for v in DISTILL), "evaluate", "gan_metrics"}
 
 
@@ -85,7 +86,7 @@ def test_selecting_the_repair_kind_trains_it_and_leaves_the_gan_a_placeholder(ti
     project = tiny_repro_copy
     set_params(project, {"synth": {"kind": "repair"}, "repair": {"steps": 4, "width": 8, "checkpoint_every": 2}})
     out = run(DVC + ["repro"], project, env=pipeline_env())
-    assert {"train_gan", "train_repair", "synthesize", "concat", "evaluate"} <= ran_stages(out.stdout)
+    assert {"train_gan", "train_repair", "train_dagan", "synthesize", "concat", "evaluate"} <= ran_stages(out.stdout)
     gan = torch.load(project / "models/gan.pt", weights_only=True)
     assert set(gan) == {"kind", "placeholder"}  # no GAN weights: nothing was trained
     assert "placeholder" not in torch.load(project / "models/generators/repair.pt", weights_only=True)
