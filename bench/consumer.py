@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 from sklearn.metrics import f1_score
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 

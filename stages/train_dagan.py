@@ -24,12 +24,11 @@ from ganaug.config.params import DaganParams, load_params
 from ganaug.io.atomic import atomic_file
 from ganaug.io.data import ImageSet, load_prepared
 from ganaug.nets.dagan import KIND
-from ganaug.nets.generators import check_kind_param, checkpoint_path
+from ganaug.nets.generators import check_kind_param, checkpoint_path, placeholder
 from ganaug.train.dagan import DaganTrainConfig, dagan_checkpoint, train_dagan
 from ganaug.train.runtime import pick_device
 
 OUT = checkpoint_path(KIND)
-PLACEHOLDER = {"kind": KIND, "placeholder": f"synth.kind is not '{KIND}': no DAGAN was trained"}
 
 
 def train_config(p: DaganParams) -> DaganTrainConfig:
@@ -44,7 +43,7 @@ def write_dagan(kind: str, source: Optional[ImageSet], target: Optional[ImageSet
     """Train and write the DAGAN (kind `dagan`) or write the placeholder (any other kind); a summary."""
     if kind != KIND:
         with atomic_file(out_path) as tmp:
-            torch.save(PLACEHOLDER, tmp)
+            torch.save(placeholder(KIND, kind), tmp)
         return {"placeholder": True, "out": str(out_path)}
     tc = train_config(p)
     trainer, s = train_dagan(source, target, tc, device, ckpt_dir / "dagan.pt", stop_after)

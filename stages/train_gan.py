@@ -19,6 +19,7 @@ from ganaug.config.params import load_params
 from ganaug.io.atomic import atomic_file
 from ganaug.io.data import load_prepared
 from ganaug.nets.gan import KIND
+from ganaug.nets.generators import placeholder
 from ganaug.train.gan import train_gan
 from ganaug.train.runtime import pick_device
 
@@ -28,7 +29,7 @@ OUT, LIVE = Path("models/gan.pt"), Path("dvclive/train_gan")
 def write_placeholder(out: Path, live: Path, kind: str) -> None:
     """models/gan.pt saying which kind was selected instead, and the curves' folder with no curve in it."""
     with atomic_file(out) as tmp:
-        torch.save({"kind": KIND, "placeholder": f"synth.kind is {kind!r}, not '{KIND}': no GAN was trained"}, tmp)
+        torch.save(placeholder(KIND, kind), tmp)
     shutil.rmtree(live, ignore_errors=True)
     (live / "plots" / "metrics").mkdir(parents=True)
 

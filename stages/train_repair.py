@@ -23,13 +23,12 @@ from ganaug.config.errors import exit_on_user_error
 from ganaug.config.params import RepairParams, load_params
 from ganaug.io.atomic import atomic_file
 from ganaug.io.data import ImageSet, load_prepared
-from ganaug.nets.generators import check_kind_param, checkpoint_path
+from ganaug.nets.generators import check_kind_param, checkpoint_path, placeholder
 from ganaug.nets.repair import KIND
 from ganaug.train.repair import RepairTrainConfig, repair_checkpoint, train_repair
 from ganaug.train.runtime import pick_device
 
 OUT = checkpoint_path(KIND)
-PLACEHOLDER = {"kind": KIND, "placeholder": f"synth.kind is not '{KIND}': no repair model was trained"}
 
 
 def train_config(p: RepairParams) -> RepairTrainConfig:
@@ -44,7 +43,7 @@ def write_repair(kind: str, source: Optional[ImageSet], class_names: list[str], 
     """Train and write the repair model (kind `repair`) or write the placeholder (any other kind); a summary."""
     if kind != KIND:
         with atomic_file(out_path) as tmp:
-            torch.save(PLACEHOLDER, tmp)
+            torch.save(placeholder(KIND, kind), tmp)
         return {"placeholder": True, "out": str(out_path)}
     cfg = train_config(p)
     g, s = train_repair(source.x, cfg, device, ckpt_dir / "repair.pt", stop_after)

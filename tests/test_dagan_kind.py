@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib
-import time
 from pathlib import Path
 
 import numpy as np
@@ -129,9 +128,8 @@ def test_resume_is_bit_exact(data, tmp_path):
 
 def test_placeholder_when_another_kind_is_selected(tmp_path):
     out = tmp_path / "models" / "generators" / "dagan.pt"
-    t0 = time.perf_counter()
-    s = write_dagan("repair", None, None, DaganParams(), out, tmp_path / "ckpt", CPU)
-    assert s["placeholder"] and time.perf_counter() - t0 < 1.0 and not (tmp_path / "ckpt").exists()
+    s = write_dagan("repair", None, None, DaganParams(), out, tmp_path / "ckpt", CPU)  # no source set needed
+    assert s["placeholder"] and not (tmp_path / "ckpt").exists()  # no training: no checkpoint was started
     with pytest.raises(UserError) as err:
         load_sampler(out, expect="dagan")
     assert str(err.value) == f"{out} is a placeholder: set synth.kind: dagan and run dvc repro"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -148,9 +147,8 @@ def test_training_resumes_bit_exactly_after_a_stop(digits, tmp_path):
 
 def test_another_kind_gets_a_placeholder_at_once_that_says_how_to_select_the_kind(digits, tmp_path):
     path = tmp_path / "models" / "generators" / "repair.pt"
-    t0 = time.perf_counter()
-    s = write_repair("gan", None, digits[1].class_names, RepairParams(), path, tmp_path / "ckpt", CPU)
-    assert s["placeholder"] and time.perf_counter() - t0 < 1.0 and not (tmp_path / "ckpt").exists()
+    s = write_repair("gan", None, digits[1].class_names, RepairParams(), path, tmp_path / "ckpt", CPU)  # no source set
+    assert s["placeholder"] and not (tmp_path / "ckpt").exists()  # no training: no checkpoint was started
     with pytest.raises(UserError) as err:
         load_sampler(path, expect="repair")
     assert str(err.value) == f"{path} is a placeholder: set synth.kind: repair and run dvc repro"

@@ -168,17 +168,8 @@ class DaganDraw:
         return Samples(to_uint8(x), {"parent_shot": parents, "strength": np.full(len(parents), np.nan)})
 
 
-def placeholder_message(path: Path) -> str:
-    return f"{path} is a placeholder: set synth.kind: {KIND} and run dvc repro"
-
-
 def load_sampler(ckpt: dict, opts: SampleOptions, path: Path) -> Sampler:
-    """The DAGAN of a `models/generators/dagan.pt` as a `Sampler` (`opts.weights`: ema or raw).
-
-    UserError for the placeholder train_dagan writes when another kind is selected.
-    """
-    if "placeholder" in ckpt:
-        raise UserError(placeholder_message(path))
+    """The DAGAN of a `models/generators/dagan.pt` as a `Sampler` (`opts.weights`: ema or raw)."""
     if opts.weights not in GENERATOR_KEYS:
         raise UserError(f"{path}: a {KIND!r} generator has weights {' or '.join(GENERATOR_KEYS)}, not {opts.weights!r}")
     cfg = DaganConfig(**ckpt["config"])

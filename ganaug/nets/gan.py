@@ -281,8 +281,6 @@ def load_sampler(ckpt: dict, opts: SampleOptions, path: Path) -> Sampler:
     `opts.weights`: `ema` (the exponential moving average of G), `average` (the mean
     of the last `gan.average_last` snapshots) or `raw` (G's final weights).
     """
-    if "placeholder" in ckpt:
-        raise UserError(f"{path} is a placeholder ({ckpt['placeholder']}): set synth.kind: {KIND} and run dvc repro")
     cfg = GanConfig(**ckpt["config"])
     if opts.weights == "average" and GENERATOR_KEYS["average"] not in ckpt:
         raise UserError(f"{path}: synth.generator=average needs gan.average_last >= 1 when training the GAN")

@@ -60,6 +60,11 @@ def check_kind_param(kind: str, key: str = "synth.kind") -> str:
     return kind
 
 
+def placeholder(kind: str, selected: str) -> dict:
+    """The checkpoint a kind's stage writes at once when `synth.kind` is `selected`, another kind."""
+    return {"kind": kind, "placeholder": f"synth.kind is {selected!r}, not {kind!r}: nothing was trained"}
+
+
 def register(name: str, kind: Kind) -> None:
     """Add a kind under `name`; ValueError if the name is taken."""
     if name in KINDS:
@@ -96,6 +101,8 @@ def load_sampler(path: str | Path, opts: SampleOptions = SampleOptions(), expect
     path = Path(path)
     ckpt = read_checkpoint(path)
     kind = checkpoint_kind(ckpt, path, expect)
+    if "placeholder" in ckpt:  # what a kind's stage writes when synth.kind selects another kind
+        raise UserError(f"{path} is a placeholder: set synth.kind: {kind} and run dvc repro")
     entry = KINDS[kind]
     try:
         sampler = entry.load(ckpt, opts, path)

@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ganaug.config.errors import DataError, UserError
+from ganaug.config.errors import DataError
 from ganaug.io.data import ImageSet, to_float, to_uint8
 from ganaug.nets.restorer import RestorerConfig, UNet, compose
 from ganaug.nets.sampling import SampleOptions, Sampler, Samples
@@ -98,14 +98,8 @@ class RepairDraw:
         return Samples(images, {"parent_shot": parents, "strength": d.strength})
 
 
-def placeholder_message(path: Path) -> str:
-    return f"{path} is a placeholder: set synth.kind: {KIND} and run dvc repro"
-
-
 def load_sampler(ckpt: dict, opts: SampleOptions, path: Path) -> Sampler:
-    """The repair model of a `models/generators/repair.pt` as a `Sampler`; UserError for the placeholder."""
-    if "placeholder" in ckpt:
-        raise UserError(placeholder_message(path))
+    """The repair model of a `models/generators/repair.pt` as a `Sampler`."""
     cfg = RestorerConfig(**ckpt["config"])
     net = UNet(cfg)
     net.load_state_dict(ckpt["weights"])
