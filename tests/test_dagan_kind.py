@@ -47,7 +47,7 @@ def data() -> dict[str, ImageSet]:
 def dagan_path(data, tmp_path_factory) -> Path:
     """A DAGAN trained briefly on digits 0-4 and adapted on the 5-9 shots, as train_dagan writes it."""
     out = tmp_path_factory.mktemp("dagan") / "dagan.pt"
-    p = DaganParams(**{**TINY, "g_width": 16, "d_width": 16, "steps": 300, "adapt_steps": 20, "batch_size": 32})
+    p = DaganParams(**{**TINY, "g_width": 16, "d_width": 16, "steps": 100, "adapt_steps": 10, "batch_size": 32})
     write_dagan("dagan", data["source"], data["shots"], p, out, out.parent / "ckpt", CPU)
     return out
 
