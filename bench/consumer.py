@@ -11,7 +11,7 @@ published `data/augmented`, scored by macro-F1 on the target's held-out test ima
 | `real` | the real shots alone (what the team has without ganaug) |
 | `folders` | torchvision `ImageFolder` over the class folders as published (`publish.hard_view` as shipped) |
 | `hard_all` | every real and synthetic image with the class it was generated for (the class folders' content before soft labels) |
-| `confident_k<k>` | the class folders under `publish.hard_view: confident` (teacher p >= 0.9, at most k per real shot) |
+| `confident<c>_k<k>` | the class folders under `publish.hard_view: confident` (teacher p >= c on the published probabilities, at temperature 2, at most k per real shot) |
 | `soft` | docs/downstream.md's recipe: a real batch (cross-entropy) and a batch of the other images (distillation at the datasheet's temperature) every step |
 | `soft_synthetic` | the same without the relabelled source images (`publish.source_images: false`) |
 
@@ -49,7 +49,8 @@ from ganaug.io.data import load_prepared
 from ganaug.judge.hard_view import hard_view
 from ganaug.published import load
 
-RECIPES = ("real", "folders", "hard_all", "confident_k1", "confident_k4", "soft", "soft_synthetic")
+CONFIDENT = ((0.5, 1), (0.5, 4), (0.7, 1), (0.7, 4))  # (min_confidence on the published probs, max_per_shot)
+RECIPES = ("real", "folders", "hard_all", *(f"confident{c}_k{k}" for c, k in CONFIDENT), "soft", "soft_synthetic")
 
 
 @dataclass
@@ -160,9 +161,9 @@ def consume(project: Path, c: Consumer, seed: int) -> dict[str, float]:
     origin = f["origin"].to_numpy()
     counts = np.bincount(asked[origin == "real"], minlength=k)
     masks = {"real": origin == "real", "hard_all": origin != "source"}
-    for kk in (1, 4):
-        p = PublishParams(hard_view="confident", min_confidence=0.9, max_per_shot=kk)
-        masks[f"confident_k{kk}"] = hard_view(origin, asked, probs, counts, p)
+    for conf, kk in CONFIDENT:
+        p = PublishParams(hard_view="confident", min_confidence=conf, max_per_shot=kk)
+        masks[f"confident{conf}_k{kk}"] = hard_view(origin, asked, probs, counts, p)
     out = {name: macro_f1(train_hard(HardRows(root, m), k, channels, c, seed), test) for name, m in masks.items()}
     folder = ImageFolder(str(root), transform=v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
                                                           v2.Grayscale() if channels == 1 else v2.Identity()]))

@@ -166,4 +166,4 @@ def test_consumer_recipes_train_on_the_published_dataset_of_the_shared_run(tiny_
     out = consume(tiny_repro.project, Consumer(steps=3, batch_size=8), seed=0)
     assert set(RECIPES) <= set(out) and all(0.0 <= out[r] <= 1.0 for r in RECIPES)
     assert out["kept"]["real"] == 15 and out["kept"]["hard_all"] == 15 + 20  # 5 classes x (3 shots, 4 synthetic)
-    assert 15 <= out["kept"]["confident_k1"] <= out["kept"]["confident_k4"] <= 15 + 20
+    assert 15 <= out["kept"]["confident0.7_k1"] <= out["kept"]["confident0.5_k1"] <= out["kept"]["confident0.5_k4"] <= 35
