@@ -333,7 +333,7 @@ class PublishParams(_Section):
     variant with the teacher's probabilities, and which rows the class folders (the hard-label view) hold."""
     source_images: bool = True  # publish the relabelled source images (origin `source`); false: the GAN's only
     hard_view: Literal["real", "confident"] = "real"  # class folders: the real shots | + confident synthetic images
-    min_confidence: float = Field(0.9, ge=0, le=1)  # hard_view confident: teacher p(asked class) >= this ...
+    min_confidence: float = Field(0.7, ge=0, le=1)  # hard_view confident: published p(asked class) >= this ...
     max_per_shot: int = Field(1, ge=0)  # ... and at most this many synthetic images per real shot of the class
 
 
