@@ -7,10 +7,10 @@ and (for choices) the allowed values.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ganaug.config.errors import UserError
 from ganaug.restore.corruptions import CORRUPTIONS, parse_spec
@@ -22,6 +22,17 @@ GAN_ARCHS = ("resize", "dcgan")  # the keys of ganaug/nets/gan.py ARCHS (tests/t
 DIFFAUG_OPS = ("color", "translation", "cutout")
 AUGMENT_POLICIES = ("none", "trivialaugment", "randaugment")  # ganaug/train/classical_aug.py POLICIES
 
+
+
+def _known_diffaug(v: str) -> str:
+    """A comma-separated DiffAugment policy of known ops (or '')."""
+    bad = [p for p in v.split(",") if p and p not in DIFFAUG_OPS]
+    if bad:
+        raise ValueError(f"unknown DiffAugment op(s) {bad}; allowed: {', '.join(DIFFAUG_OPS)} (comma-separated) or ''")
+    return v
+
+
+DiffAug = Annotated[str, AfterValidator(_known_diffaug)]  # gan.diffaug, dagan.diffaug
 
 class ParamsError(UserError):
     """params.yaml is missing, unreadable or does not match the schema."""
@@ -103,7 +114,7 @@ class GanParams(_Section):
     lr_d: float = Field(2e-4, gt=0)
     beta1: float = Field(0.0, ge=0, lt=1)
     beta2: float = Field(0.99, ge=0, lt=1)
-    diffaug: str = "color,translation,cutout"
+    diffaug: DiffAug = "color,translation,cutout"
     ema_decay: float = Field(0.99, ge=0, lt=1)
     ema_start: int = Field(100, ge=0)
     checkpoint_every: int = Field(250, ge=1)
@@ -136,14 +147,6 @@ class GanParams(_Section):
             raise ValueError(f"average_last={self.average_last} snapshots every {self.average_every} steps "
                              f"do not fit in steps={self.steps}")
         return self
-
-    @field_validator("diffaug")
-    @classmethod
-    def _known_policy(cls, v: str) -> str:
-        bad = [p for p in v.split(",") if p and p not in DIFFAUG_OPS]
-        if bad:
-            raise ValueError(f"unknown DiffAugment op(s) {bad}; allowed: {', '.join(DIFFAUG_OPS)} (comma-separated) or ''")
-        return v
 
 
 class MetaParams(_Section):
@@ -309,19 +312,11 @@ class DaganParams(_Section):
     lr_g: float = Field(5e-4, gt=0)
     lr_d: float = Field(5e-4, gt=0)
     ema_decay: float = Field(0.99, ge=0, lt=1)
-    diffaug: str = "translation,cutout"  # DiffAugment on D's pairs, each pair shifted and cut as a whole
+    diffaug: DiffAug = "translation,cutout"  # DiffAugment on D's pairs, each pair shifted and cut as a whole
     mismatch: float = Field(1.0, ge=0)  # D also scores real pairs of two classes as fakes (weight of that loss)
     diversity: float = Field(1.0, ge=0)  # mode seeking: rewards G for different images from different noise, up to a cap
     checkpoint_every: int = Field(100, ge=1)
     seed: int = Field(0, ge=0, le=SEED_MAX)
-
-    @field_validator("diffaug")
-    @classmethod
-    def _known_policy(cls, v: str) -> str:
-        bad = [p for p in v.split(",") if p and p not in DIFFAUG_OPS]
-        if bad:
-            raise ValueError(f"unknown DiffAugment op(s) {bad}; allowed: {', '.join(DIFFAUG_OPS)} (comma-separated) or ''")
-        return v
 
 
 class EvalParams(_Section):
