@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 import yaml
+
+from pipeline import datasets
+from pipeline.stats import fmt_delta, markdown_table, mean_ci  # noqa: F401 (re-exported to the benchmarks)
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -56,45 +58,18 @@ def machine() -> str:
             f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
 
 
-def shared_data_dir() -> Path:
-    """`GANAUG_SHARED_DATA`, else `../shared/data` relative to the project root."""
-    return Path(os.environ.get("GANAUG_SHARED_DATA") or ROOT.parent / "shared" / "data").resolve()
-
-
 def shared_file(name: str) -> str:
-    """The path of a file of the shared data folder, or Skip naming what is missing and how to point to it."""
-    path = shared_data_dir() / name
-    if not path.is_file():
-        raise Skip(f"{path} not found (set GANAUG_SHARED_DATA to the folder holding {name})")
-    return str(path)
+    """The path of a file of the shared data folder (`pipeline/datasets.py`), or Skip naming what is missing."""
+    try:
+        return datasets.shared_file(name)
+    except datasets.MissingData as exc:
+        raise Skip(str(exc)) from None
 
 
-# ---------------------------------------------------------------- statistics
-
-def mean_ci(values: Sequence[float]) -> tuple[float, Optional[float]]:
-    """(mean, half-width of the 95% Student-t interval); the half-width is None for fewer than 2 values."""
-    v = np.asarray(values, dtype=float)
-    if len(v) < 2:
-        return float(v.mean()), None
-    from scipy.stats import t
-
-    return float(v.mean()), float(t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-
+# ---------------------------------------------------------------- statistics (pipeline/stats.py, re-exported)
 
 def fmt_ci(mean: float, half: Optional[float], digits: int = 3) -> str:
     return f"{mean:.{digits}f}" if half is None else f"{mean:.{digits}f} ± {half:.{digits}f}"
-
-
-def fmt_delta(delta: float, lo: float, hi: float) -> str:
-    """`+0.012 [-0.004, +0.027]`, with a `*` when the interval excludes 0."""
-    star = "*" if lo > 0 or hi < 0 else ""
-    return f"{delta:+.3f} [{lo:+.3f}, {hi:+.3f}]{star}"
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- docs/benchmarks.md

@@ -49,7 +49,8 @@ import pandas as pd
 import yaml
 
 from bench.common import (DOC, ROOT, Skip, command_line, deep_update, fmt_ci, fmt_delta, machine, make_project,
-                          markdown_table, mean_ci, parse_overrides, shared_file, tool_env, usable_cores, publish)
+                          markdown_table, mean_ci, parse_overrides, tool_env, usable_cores, publish)
+from pipeline import datasets
 from pipeline.dag import StageDag, read_dag
 
 QUICK = {"seeds": [0, 1, 2], "shots": [5]}
@@ -65,27 +66,11 @@ _STAGE_DONE = re.compile(r"^(Updating|Generating) lock file")
 
 
 def scenario(name: str) -> dict:
-    """The `data:` params of a benchmark dataset (Skip when its files are absent)."""
-    if name == "digits":
-        return {"source": "digits", "target": "digits", "target_test": None,
-                "source_classes": [0, 1, 2, 3, 4], "target_classes": [5, 6, 7, 8, 9], "image_size": 16}
-    if name == "fashion":
-        train = shared_file("fashion_mnist_train.npz")
-        return {"source": train, "target": train, "target_test": shared_file("fashion_mnist_test.npz"),
-                "source_classes": [0, 1, 2, 3, 4], "target_classes": [5, 6, 7, 8, 9], "image_size": 16}
-    if name == "mnist04":  # development: MNIST digits 0-4 -> 5-9
-        train = shared_file("mnist_train.npz")
-        return {"source": train, "target": train, "target_test": shared_file("mnist_test.npz"),
-                "source_classes": [0, 1, 2, 3, 4], "target_classes": [5, 6, 7, 8, 9], "image_size": 16}
-    if name == "fashion_rev":  # development: Fashion-MNIST with the split reversed, 5-9 -> 0-4
-        train = shared_file("fashion_mnist_train.npz")
-        return {"source": train, "target": train, "target_test": shared_file("fashion_mnist_test.npz"),
-                "source_classes": [5, 6, 7, 8, 9], "target_classes": [0, 1, 2, 3, 4], "image_size": 16}
-    if name == "mnist_usps":
-        return {"source": shared_file("mnist_train.npz"), "target": shared_file("usps_train.npz"),
-                "target_test": shared_file("usps_test.npz"), "source_classes": None, "target_classes": None,
-                "image_size": 16}
-    raise SystemExit(f"error: unknown dataset {name!r}; allowed: {', '.join(DATASETS + DEV_DATASETS)}")
+    """The `data:` params of a benchmark dataset (`pipeline/datasets.py`; Skip when its files are absent)."""
+    try:
+        return datasets.scenario(name)
+    except datasets.MissingData as exc:
+        raise Skip(str(exc)) from None
 
 
 def cell_params(base: dict, data: dict, shots: int, seed: int, overrides: dict) -> dict:

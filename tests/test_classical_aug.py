@@ -31,13 +31,16 @@ def test_registry_matches_the_params_schema_and_refuses_unknown_names():
     assert tuple(POLICIES) == AUGMENT_POLICIES
     assert build_augment("none") is None
     assert isinstance(build_augment("randaugment"), ClassicalAugment)
-    with pytest.raises(UserError, match=r"unknown augmentation policy 'autoaugment'; allowed: none, trivialaugment, randaugment"):
+    with pytest.raises(UserError, match=r"unknown augmentation policy 'autoaugment'; allowed: none, crop, trivialaugment"):
         check_policy("autoaugment")
-    with pytest.raises(ParamsError, match=r"finetune.augment: got 'flip'; allowed: 'none', 'trivialaugment' or 'randaugment'"):
+    with pytest.raises(ParamsError, match=r"finetune.augment: got 'flip'; allowed: 'none', 'crop', 'trivialaugment'"):
         parse_params({"finetune": {"augment": "flip"}})
+    with pytest.raises(ParamsError, match=r"finetune.synth_augment: got 'mixup'"):  # the stream's labels are not mixed
+        parse_params({"finetune": {"synth_augment": "mixup"}})
+    assert parse_params({"finetune": {"augment": "cutmix", "real_augment": "mixup"}}).finetune.augment == "cutmix"
 
 
-@pytest.mark.parametrize("policy", ["trivialaugment", "randaugment"])
+@pytest.mark.parametrize("policy", ["trivialaugment", "randaugment", "elastic", "crop"])
 def test_augment_is_a_pure_function_of_the_batch_and_generator(digits, policy):
     x, aug = batch(digits), build_augment(policy)
     torch.manual_seed(5)
@@ -97,8 +100,33 @@ def test_fit_with_classical_augment_resumes_bit_identically(tmp_path, digits):
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
     plain, _ = _fit(x, y, cfg, None)
     assert not torch.equal(plain["head.weight"], reference["head.weight"])  # the augmentation did something
-    fps = {fingerprint(SmallNet(), x, y, cfg, CPU, build_augment(p)) for p in POLICIES}
-    assert len(fps) == 3  # a checkpoint of one policy never resumes another
+    fps = {fingerprint(SmallNet(), x, y, cfg, CPU, build_augment(p, 10)) for p in POLICIES}
+    assert len(fps) == len(POLICIES)  # a checkpoint of one policy never resumes another
+
+
+@pytest.mark.parametrize("policy", ["mixup", "cutmix"])
+def test_label_mixing_policies_mix_images_and_labels_alike(digits, policy):
+    x, y = batch(digits, 32), torch.as_tensor(digits.y[:32])
+    aug = build_augment(policy, 10)
+    a, pa = aug.mix(x, y, torch.Generator().manual_seed(1))
+    b, pb = aug.mix(x, y, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and torch.equal(pa, pb) and a.shape == x.shape and pa.shape == (32, 10)
+    assert torch.allclose(pa.sum(1), torch.ones(32)) and (pa >= 0).all()
+    assert (pa.max(1).values < 1).any()  # some labels are mixtures of two classes
+    assert (pa[torch.arange(32), y] > 0).all() and ((pa > 0).sum(1) <= 2).all()  # its own class and one other
+
+
+def test_fit_with_a_label_mixing_policy_resumes_bit_identically(tmp_path, digits):
+    x, y = batch(digits, 80), torch.as_tensor(digits.y[:80])
+    cfg = FitConfig(steps=10, batch_size=16, lr=5e-3, seed=3, checkpoint_every=5)
+    aug = build_augment("mixup", 10)
+    reference, _ = _fit(x, y, cfg, aug)
+    _, s1 = _fit(x, y, cfg, aug, ckpt_path=tmp_path / "fit.pt", stop_after=7)
+    resumed, s2 = _fit(x, y, cfg, aug, ckpt_path=tmp_path / "fit.pt")
+    assert s1["stopped"] and s2["resumed_from"] == 5
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    crop_only, _ = _fit(x, y, cfg, build_augment("crop"))
+    assert not torch.equal(crop_only["head.weight"], reference["head.weight"])  # the mixing changed the training
 
 
 def _tiny_setup(tmp_path, digits):
@@ -129,10 +157,10 @@ def test_finetune_stage_cli_takes_augment_and_refuses_unknown_policy(tmp_path, d
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"finetune": {"steps": 4, "batch_size": 8}}))
     with pytest.raises(SystemExit) as info:
-        finetune_main(["--variant", "x", "--train", "train.npz", "--augment", "mixup"])
+        finetune_main(["--variant", "x", "--train", "train.npz", "--augment", "autoaugment"])
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1
-    assert "unknown augmentation policy 'mixup'; allowed: none, trivialaugment, randaugment" in err
+    assert "unknown augmentation policy 'autoaugment'; allowed: none, crop, trivialaugment" in err
     assert not (tmp_path / "models/finetune").exists()
     finetune_main(["--variant", "classical", "--train", "train.npz", "--augment", "randaugment"])
     blob = torch.load(tmp_path / "models/finetune/classical.pt", map_location="cpu", weights_only=True)

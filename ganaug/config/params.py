@@ -20,7 +20,8 @@ ClassRef = Union[int, str]  # a class index into the dataset's sorted classes, o
 CLASSIFIER_ARCHS = ("convnet", "resnet18", "resnet34", "mobilenet_v3_small")  # ganaug/nets/classifier.py builds these
 GAN_ARCHS = ("resize", "dcgan")  # the keys of ganaug/nets/gan.py ARCHS (tests/test_params.py checks they agree)
 DIFFAUG_OPS = ("color", "translation", "cutout")
-AUGMENT_POLICIES = ("none", "trivialaugment", "randaugment")  # ganaug/train/classical_aug.py POLICIES
+AUGMENT_POLICIES = ("none", "crop", "trivialaugment", "randaugment", "elastic", "mixup", "cutmix")  # classical_aug.POLICIES
+STREAM_AUGMENT_POLICIES = AUGMENT_POLICIES[:5]  # the stream's soft labels are not mixed: no mixup or cutmix
 
 
 
@@ -218,7 +219,7 @@ class FinetuneParams(_Section):
     schedule: Literal["joint", "synthetic_first"] = "joint"  # synthetic_first: stream alone, then real alone
     first_fraction: float = Field(0.5, gt=0, lt=1)  # schedule=synthetic_first: share of steps on the stream
     bn: Literal["real", "frozen", "joint"] = "real"  # BatchNorm statistics: real batches only | frozen | both
-    synth_augment: Literal[AUGMENT_POLICIES] = "none"  # type: ignore[valid-type]  # on the stream's images
+    synth_augment: Literal[STREAM_AUGMENT_POLICIES] = "none"  # type: ignore[valid-type]  # on the stream's images
     real_augment: Literal[AUGMENT_POLICIES] = "none"  # type: ignore[valid-type]  # on the real batch of the distill variants
     source_images: Optional[int] = Field(5000, ge=1)  # source images relabelled (a seeded subset; null = all)
     seed: int = Field(0, ge=0, le=SEED_MAX)
@@ -313,8 +314,8 @@ class DaganParams(_Section):
     lr_d: float = Field(5e-4, gt=0)
     ema_decay: float = Field(0.99, ge=0, lt=1)
     diffaug: DiffAug = "translation,cutout"  # DiffAugment on D's pairs, each pair shifted and cut as a whole
-    mismatch: float = Field(1.0, ge=0)  # D also scores real pairs of two classes as fakes (weight of that loss)
-    diversity: float = Field(1.0, ge=0)  # mode seeking: rewards G for different images from different noise, up to a cap
+    mismatch: float = Field(0.0, ge=0)  # D also scores real pairs of two classes as fakes (weight of that loss)
+    diversity: float = Field(0.0, ge=0)  # mode seeking: rewards G for different images from different noise, up to a cap
     checkpoint_every: int = Field(100, ge=1)
     seed: int = Field(0, ge=0, le=SEED_MAX)
 

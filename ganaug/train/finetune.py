@@ -46,7 +46,7 @@ def finetune(classifier_path: Path, train: ImageSet, p: FinetuneParams, device: 
 
     `p.augment` is not read here: it is the policy dvc.yaml passes to the *_classical variants.
     """
-    aug = build_augment(augment)
+    aug = build_augment(augment, len(train.class_names))
     seed_everything(p.seed)
     model, cfg, _ = load_classifier(classifier_path)
     model.reset_head(len(train.class_names))

@@ -108,7 +108,7 @@ class _Batches:
     """What one step trains on: a real batch and/or a stream batch (None where the schedule leaves one out)."""
 
     xb: Optional[torch.Tensor] = None  # (B, C, H, W) real images
-    yb: Optional[torch.Tensor] = None  # (B,) their labels
+    yb: Optional[torch.Tensor] = None  # (B,) their labels, or (B, K) probabilities after a label-mixing augment
     xs: Optional[torch.Tensor] = None  # (S, C, H, W) stream images
     soft: Optional[torch.Tensor] = None  # (S, K) their teacher probabilities
     hard: Optional[torch.Tensor] = None  # (S,) their hard labels (-1: none)
@@ -124,7 +124,9 @@ def _draw(step: int, x: torch.Tensor, y: torch.Tensor, stream: Optional[Stream],
     if phase != "stream":
         idx = torch.randint(len(y), (min(cfg.batch_size, len(y)),), generator=g).to(x.device)
         b.xb, b.yb = x[idx], y[idx]
-        if augment is not None:
+        if getattr(augment, "mixes_labels", False):
+            b.xb, b.yb = augment.mix(b.xb, b.yb, g)  # yb: (B, K) mixed probabilities
+        elif augment is not None:
             b.xb = augment(b.xb, g)
     if stream is not None and phase != "real":
         j = torch.randint(len(stream), (min(cfg.stream_batch, len(stream)),), generator=gs).to(x.device)
@@ -220,7 +222,7 @@ def fit(
         log["loss_sum"] += loss.item()
         log["n_loss"] += 1
         if logits is not None:
-            log["correct"] += (logits.argmax(1) == b.yb).sum().item()
+            log["correct"] += (logits.argmax(1) == (b.yb.argmax(1) if b.yb.ndim == 2 else b.yb)).sum().item()
             log["seen"] += len(b.yb)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             if live:
