@@ -1,14 +1,16 @@
 """Does GAN augmentation help, against the alternatives a user would pick?
 
-Every (dataset, seed) gets a throw-away copy of the project (git + DVC); for
-each shot count its params.yaml is rewritten and the pipeline runs with
-`dvc repro`, exactly as a user would. DVC reruns only what changed, so one
-pretrained classifier per (dataset, seed) serves all its shot counts. The
-variants (below) are scored by the `evaluate` stage (`metrics/eval.json`, with its paired-bootstrap
-intervals); GAN quality (CAS, KID, precision/recall) comes from the
-`gan_metrics` stage (`metrics/gan.json`). A seed changes the shot sample and
-every training seed. Stage wall times are read off `dvc repro`'s output as it
-streams.
+The grid runs through `ganaug sweep` (`pipeline/sweep.py`): a throw-away copy
+of the project (git + DVC, params.yaml plus `--set`) whose cells, (dataset,
+shots, seed) each, are DVC experiments run `--jobs` at a time, exactly as a user's
+sweep runs. The cells share the project's DVC cache, so one pretrained
+classifier per (dataset, seed) serves all its shot counts (DVC's run cache);
+with `--work DIR` the copy is kept, and running the same command again resumes
+a grid cut short. The variants (below) are scored by the `evaluate` stage
+(`metrics/eval.json`, with its paired-bootstrap intervals); GAN quality (CAS,
+KID, precision/recall) comes from the `gan_metrics` stage (`metrics/gan.json`).
+A seed changes the shot sample and every training seed. Stage wall times are
+read off each cell's `dvc repro` output as it streams.
 
     .venv/bin/python -m bench.uplift --quick      # 3 seeds, 5 shots, 3 datasets (9 runs): about 25-35 min on 2 cores
     .venv/bin/python -m bench.uplift              # 5 seeds, 5/10/20 shots (45 runs): 2.5-3 hours on 2 cores; own section
@@ -38,20 +40,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import pandas as pd
 import yaml
 
 from bench.common import (DOC, ROOT, Skip, command_line, deep_update, fmt_ci, fmt_delta, machine, make_project,
                           markdown_table, mean_ci, parse_overrides, tool_env, usable_cores, publish)
 from pipeline import datasets
 from pipeline.dag import StageDag, read_dag
+from pipeline.sweep import Outcome, experiment_refs, read_from_experiment, run_sweep
+from pipeline.sweep_exec import LocalExecutor
+from pipeline.sweep_grid import Grid, cells
 
 QUICK = {"seeds": [0, 1, 2], "shots": [5]}
 FULL = {"seeds": [0, 1, 2, 3, 4], "shots": [5, 10, 20]}
@@ -79,7 +81,7 @@ def cell_params(base: dict, data: dict, shots: int, seed: int, overrides: dict) 
     return deep_update(deep_update(base, {"data": {**data, "shots": shots, "seed": seed}, **seeds}), overrides)
 
 
-# ---------------------------------------------------------------- running the pipeline
+# ---------------------------------------------------------------- running the grid: `ganaug sweep`
 
 def repro_timed(project: Path, threads: int) -> dict[str, float]:
     """`dvc repro` in `project`; wall seconds of every stage that ran (start line to its lock-file line)."""
@@ -113,96 +115,64 @@ def variant_stages(dag: StageDag, variant: str) -> set[str]:
     return (upstream(stage) | {stage}) - upstream(f"finetune@{BASELINE}")
 
 
-def collect(project: Path, dag: StageDag, seconds: dict[str, float]) -> dict:
-    """One cell's numbers from the files the stages wrote."""
-    ev = json.loads((project / "metrics/eval.json").read_text())
-    prepared = json.loads((project / "data/prepared/manifest.json").read_text())
+def bench_cell(o: Outcome, project: Path, ref: str, dag: StageDag) -> dict:
+    """One cell's numbers, as this benchmark reports them, from its experiment's files."""
+    ev, seconds = o.metrics, o.record.get("stage_seconds", {})
+    gm = read_from_experiment(project, ref, "metrics/gan.json")
     variants = [k for k, v in ev.items() if isinstance(v, dict) and "macro_f1" in v]
+    n_classes = len(gm.get("per_class") or {}) or len(ev.get("vs_baseline", {}).get("per_class", {})) or 0
     out = {
-        "n_real": sum(prepared["counts"]["target_train"].values()), "n_test": ev["n_test"],
-        "n_synthetic": int((pd.read_parquet(project / "data/synthetic/manifest.parquet")["origin"] == "synthetic").sum()),
+        "dataset": o.cell.axes["dataset"], "shots": o.cell.axes["data.shots"], "seed": o.cell.seed,
+        "n_real": o.cell.axes["data.shots"] * n_classes, "n_test": ev["n_test"], "n_synthetic": gm.get("n_synthetic"),
         "metrics": {v: {"accuracy": ev[v]["accuracy"], "macro_f1": ev[v]["macro_f1"]} for v in variants},
         "vs_baseline": ev.get("vs_baseline", {}), "vs_classical": ev.get("vs_classical", {}),
         "stage_seconds": seconds,
         "variant_seconds": {v: round(sum(seconds.get(s, 0.0) for s in variant_stages(dag, v)), 2) for v in variants},
+        "seconds": o.record.get("seconds"), "experiment": o.cell.name,
     }
-    gan_json = project / "metrics/gan.json"
-    if gan_json.is_file():
-        gm = json.loads(gan_json.read_text())
-        if gm.get("cas"):
-            out["cas"] = {k: gm["cas"]["synthetic"][k] for k in ("accuracy", "macro_f1")}
-        if gm.get("features"):
-            out["gan_quality"] = {k: gm["features"][k] for k in ("kid", "fid", "precision", "recall")}
-    meta_json = project / "metrics/meta.json"  # gan.init meta: what meta-validation chose (absent otherwise)
-    if meta_json.is_file() and "chosen" in (meta := json.loads(meta_json.read_text())):
+    if gm.get("cas"):
+        out["cas"] = {k: gm["cas"]["synthetic"][k] for k in ("accuracy", "macro_f1")}
+    if gm.get("features"):
+        out["gan_quality"] = {k: gm["features"][k] for k in ("kid", "fid", "precision", "recall")}
+    meta = read_from_experiment(project, ref, "metrics/meta.json")  # gan.init meta: what meta-validation chose
+    if "chosen" in meta:
         out["meta_chosen"] = meta["chosen"]
     return out
 
 
-@dataclass
-class Group:
-    """The cells of one (dataset, seed): one project copy, the shot counts run one after the other."""
-
-    dataset: str
-    seed: int
-    shots: list[int]
-    base: dict
-    data: dict
-    overrides: dict
-    work: Path
-    threads: int
-    cells_jsonl: Optional[Path] = None  # each finished cell appended here as one JSON line
-
-
-def run_group(g: Group) -> list[dict]:
-    project = make_project(g.work, cell_params(g.base, g.data, g.shots[0], g.seed, g.overrides))
-    dag = read_dag(project)
-    cells = []
-    for k in g.shots:
-        params = cell_params(g.base, g.data, k, g.seed, g.overrides)
-        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        t0 = time.perf_counter()
-        seconds = repro_timed(project, g.threads)
-        cell = {"dataset": g.dataset, "shots": k, "seed": g.seed, **collect(project, dag, seconds),
-                "seconds": round(time.perf_counter() - t0, 1)}
-        cells.append(cell)
-        if g.cells_jsonl:  # a grid cut short keeps its finished cells (one write per line: whole lines only)
-            with open(g.cells_jsonl, "a") as f:
-                f.write(json.dumps(cell) + "\n")
-        f1 = {v: round(m["macro_f1"], 3) for v, m in cell["metrics"].items()}
-        print(f"uplift: {g.dataset} seed {g.seed} shots {k}: macro-F1 {f1} in {cell['seconds']:.0f} s", flush=True)
-    return cells
-
-
 def run_grid(datasets: list[str], shots: list[int], seeds: list[int], overrides: dict, work: Path,
              workers: int, threads: int, cells_jsonl: Optional[Path] = None) -> dict:
-    """Every cell of the grid; {"cells": [...], "skipped": {dataset: reason}, "params": ..., "seconds": ...}."""
-    base = yaml.safe_load((ROOT / "params.yaml").read_text())
-    skipped, groups = {}, []
+    """Every cell of the grid through `ganaug sweep` (`pipeline/sweep.py`): a project made in `work/project`
+    (params.yaml with `overrides`) whose cells are DVC experiments, run `workers` at a time, `threads` each; a
+    `work` folder kept from a run cut short resumes it. {"cells", "skipped", "failed", "params", "seconds"}."""
+    base = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
+    skipped = {}
     for d in datasets:
         try:
-            data = scenario(d)
+            scenario(d)
         except Skip as exc:
             skipped[d] = str(exc)
             print(f"uplift: skipping {d}: {exc}", flush=True)
-            continue
-        groups += [Group(d, s, sorted(shots), base, data, overrides, work / f"{d}-seed{s}", threads, cells_jsonl)
-                   for s in seeds]
+    present = [d for d in datasets if d not in skipped]
+    if not present:
+        return {"cells": [], "skipped": skipped, "failed": {}, "params": base, "seconds": 0.0}
+    project = work / "project"
+    if not (project / ".git").is_dir():
+        make_project(project, base)
+    grid = Grid("uplift", tuple(present), {"data.shots": sorted(shots)}, tuple(seeds))
     t0 = time.perf_counter()
-    failed: dict[str, str] = {}
-
-    def run_or_record(g: Group) -> list[dict]:
-        """One group's cells; a failed `dvc repro` is recorded and the grid goes on (its other cells count)."""
-        try:
-            return run_group(g)
-        except RuntimeError as exc:
-            failed[f"{g.dataset} seed {g.seed}"] = str(exc).splitlines()[-1] if str(exc) else type(exc).__name__
-            print(f"uplift: {g.dataset} seed {g.seed} FAILED: {exc}", flush=True)
-            return []
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # each group's work runs in DVC's subprocesses
-        cells = [c for group in pool.map(run_or_record, groups) for c in group]
-    return {"cells": cells, "skipped": skipped, "failed": failed, "params": deep_update(base, overrides),
+    outcomes = run_sweep(project, cells(grid, ROOT), LocalExecutor(str(project), workers, threads), tries=2,
+                         log=lambda line: print(f"uplift: {line.strip()}", flush=True))
+    refs, dag = experiment_refs(project), read_dag(project)
+    found = [bench_cell(o, project, refs[o.cell.name], dag) for o in outcomes if o.metrics]
+    failed = {o.cell.name: (o.error.splitlines() or ["failed"])[-1] for o in outcomes if o.status == "failed"}
+    for c in found:
+        f1 = {v: round(m["macro_f1"], 3) for v, m in c["metrics"].items()}
+        print(f"uplift: {c['dataset']} seed {c['seed']} shots {c['shots']}: macro-F1 {f1}", flush=True)
+    if cells_jsonl:
+        with open(cells_jsonl, "a") as f:
+            f.writelines(json.dumps(c) + "\n" for c in found)
+    return {"cells": found, "skipped": skipped, "failed": failed, "params": base,
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -466,9 +436,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, help="GANAUG_THREADS of the stages (default: cores // jobs, at least 1)")
     ap.add_argument("--out", type=Path, default=DOC, help="markdown file whose `uplift` section (`uplift_full` for the full grid) is (re)written")
     ap.add_argument("--raw", type=Path, help="also write every cell's numbers as JSON here")
-    ap.add_argument("--cells-jsonl", type=Path, help="append each finished cell to this file as one JSON line, "
-                    "as it finishes (a grid cut short keeps what it finished)")
-    ap.add_argument("--work", type=Path, help="keep the project copies in this folder (default: a temporary one, removed)")
+    ap.add_argument("--cells-jsonl", type=Path, help="append each cell to this file as one JSON line")
+    ap.add_argument("--work", type=Path, help="keep the project copy in this folder (default: a temporary one, "
+                    "removed); the same command with the same folder resumes a grid cut short")
     args = ap.parse_args(argv)
     mode = QUICK if args.quick else FULL
     args.mode = "quick" if args.quick else ("full" if not (args.shots or args.seeds) else "custom")

@@ -1,6 +1,6 @@
 """`ganaug run` (one flow run now), `ganaug serve` (the nightly and the manual deployment), `ganaug queue`
 (DVC's experiment queue with each experiment's stages given their share of the cores);
-`ganaug sample` and `ganaug evaluate` (`ganaug/tools/artifact_cli.py`) use a trained GAN or classifier directly.
+`ganaug sweep` (a grid of experiments: `pipeline/sweep_cli.py`); `ganaug sample` and `ganaug evaluate` (`ganaug/tools/artifact_cli.py`) use a trained GAN or classifier directly.
 
 Exit codes of `ganaug run`: 0 the flow run completed, 1 it failed (a stage
 failed after its retries), 2 the command line, an override or `--repo` is
@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 
 from pydantic import ValidationError
 
+from ganaug.config.errors import UserError
 from pipeline.overrides import OverrideError, format_overrides, parse_assignment
 from pipeline.run_params import AugmentParams
 from pipeline.workspace import WorkspaceError, find_project
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "stages given their share of the cores (GANAUG_THREADS = cores / N)")
     queue.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="experiments at once (default 1)")
     queue.add_argument("--repo", default=".", help="the ganaug project (default: current directory)")
+
+    from pipeline.sweep_cli import add_parser as add_sweep_parser  # `sweep`: a grid of experiments
+    add_sweep_parser(sub)
 
     from ganaug.tools.artifact_cli import add_parsers  # `sample`, `evaluate`: the same core code as the stages
     add_parsers(sub)
@@ -197,9 +201,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from ganaug.tools.artifact_cli import run as run_artifact_command
         return run_artifact_command(args)
     try:
-        commands = {"run": cmd_run, "serve": cmd_serve, "queue": cmd_queue}
+        from pipeline.sweep_cli import cmd_sweep
+
+        commands = {"run": cmd_run, "serve": cmd_serve, "queue": cmd_queue, "sweep": cmd_sweep}
         return commands[args.command](args)
-    except (OverrideError, WorkspaceError) as exc:
+    except (UserError, WorkspaceError) as exc:  # OverrideError, a missing dataset of a sweep: one line
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

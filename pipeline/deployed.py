@@ -63,3 +63,21 @@ def ganaug_pipeline(repo: str = ".", shots: Optional[int] = None, set: Optional[
     """
     return run_pipeline(flat_params(repo, shots, set, exp_name, retries, retry_delay_seconds, parallel,
                                     stage_timeout_seconds, run_timeout_seconds))
+
+
+def _cell_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return f"sweep cell {(flow_run.parameters.get('cell') or {}).get('name', '?')}"
+
+
+@flow(name="ganaug-sweep-cell", flow_run_name=_cell_run_name,
+      description="One cell of a `ganaug sweep`: the pipeline with the cell's overrides, saved as a DVC experiment.")
+def sweep_cell(cell: dict, repo: str = ".", threads: Optional[int] = None, git_url: Optional[str] = None) -> dict:
+    """Run the sweep cell `cell` ({name, overrides}) in the project at `repo` (or a clone of `git_url`), unless its
+    experiment exists. threads: torch threads per stage (default: the worker's GANAUG_THREADS or all cores)."""
+    from pipeline.dvc_cli import terminate_children_on_sigterm
+    from pipeline.sweep_cell import run_cell
+
+    terminate_children_on_sigterm()  # a cancelled run takes its `dvc repro` and stage with it
+    return run_cell(repo, cell, threads, git_url)

@@ -1,0 +1,207 @@
+"""`ganaug sweep` (pipeline/sweep*.py): the grid, its cells as DVC experiments, resume after a kill, and the same
+metrics from local processes, a Dask cluster of 2 worker processes and a Prefect process pool with 2 workers.
+
+The pipeline tests sweep a 2 x 2 grid of late-stage params on copies of the shared tiny run, so each cell
+restores the early stages from DVC's run cache: `finetune.synth_weight` 0 or 1 (at 0 every stream variant
+is the real-only model, bit for bit) x `eval.batch_size` 256 or 512 (predictions do not depend on it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import DVC, ROOT, _restore_modes, pipeline_env, plain_pipeline_env, run
+from pipeline.stats import mean_ci
+from pipeline.sweep import Outcome, table
+from pipeline.sweep_grid import SEEDED, Cell, grid_from_args, grid_from_file, cells
+from test_pipeline_flow import eventually
+
+GRID = ["--name", "t", "--set", "finetune.synth_weight=0,1", "--set", "eval.batch_size=256,512"]
+NAMES = {"t-synth_weight0-batch_size256", "t-synth_weight0-batch_size512", "t-synth_weight1-batch_size256",
+         "t-synth_weight1-batch_size512"}
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+def ganaug(project: Path, *args: str, env=None, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args, "--repo", str(project)], cwd=project,
+                          env=env or plain_pipeline_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def exp_names(project: Path) -> set[str]:
+    out = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], project).stdout
+    return {ref.split("/")[4] for ref in out.split() if len(ref.split("/")) == 5}  # refs/exps/ab/cdef.../name
+
+
+def metrics_of(raw_file: Path) -> dict[str, dict]:
+    return {c["name"]: c["metrics"] for c in json.loads(raw_file.read_text())["cells"]}
+
+
+# --- the grid ------------------------------------------------------------------------------------------
+
+def test_a_file_and_the_command_line_give_the_same_cells(tmp_path):
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump({"name": "g", "datasets": ["digits"], "seeds": "0-1",
+                                                     "set": {"data.shots": [5, 10]}}))
+    from_file = cells(grid_from_file(tmp_path / "g.yaml"))
+    from_args = cells(grid_from_args("g", ["data.shots=5,10"], "0,1", ["digits"]))
+    assert from_file == from_args and len(from_file) == 4
+    c = from_file[3]
+    assert c.name == "g-digits-shots10-seed1" and c.group == "g-digits-shots10" and c.seed == 1
+    assert c.overrides["data.source"] == "digits" and c.overrides["data.target_classes"] == [5, 6, 7, 8, 9]
+    assert all(c.overrides[f"{s}.seed"] == 1 for s in SEEDED) and c.overrides["data.seed"] == 1
+    lists = cells(grid_from_args("l", ["gan.diffaug=[color, 'translation,cutout']"], None, []))
+    assert [c.overrides for c in lists] == [{"gan.diffaug": "color"}, {"gan.diffaug": "translation,cutout"}]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "data.shots=5,10", "--seeds", "0-x"], "--seeds '0-x': expected numbers and ranges"),
+    (["--set", "data.shotz=5,10"], "data.shotz"),
+    (["--set", "data.shots=0,5"], "data.shots"),
+    (["--datasets", "imagenet"], "dataset 'imagenet': unknown"),
+    (["--name", "a/b", "--set", "data.shots=5"], "sweep name 'a/b'"),
+])
+def test_a_bad_grid_is_one_line_before_anything_runs(tiny_repro, args, message):
+    proc = ganaug(tiny_repro.project, "sweep", "--dry-run", *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1 and message in proc.stderr
+
+
+def test_the_table_pairs_the_seeds_of_each_cell():
+    def outcome(group: str, seed: int, base: float, gan: float) -> Outcome:
+        cell = Cell(f"{group}-seed{seed}", group, seed, {})
+        return Outcome(cell, "ran", metrics={"baseline": {"macro_f1": base}, "gan": {"macro_f1": gan}})
+    base, gan = [0.50, 0.60, 0.55], [0.52, 0.625, 0.58]  # +0.02, +0.025, +0.03: clearly above
+    outs = [outcome("a", s, b, g) for s, (b, g) in enumerate(zip(base, gan))] + [outcome("b", 0, 0.5, 0.4)]
+    text = table(outs)
+    m, h = mean_ci([g - b for b, g in zip(base, gan)])
+    assert f"| a | 3 | 0.550 | {m:+.3f} [{m - h:+.3f}, {m + h:+.3f}]* |" in text
+    assert "| b | 1 | 0.500 | -0.100 |" in text  # one seed: no interval
+
+
+# --- running it: local processes, resumed after a kill (the reference: cells one by one) -----------------
+
+@pytest.fixture(scope="module")
+def reference(_tiny_repro_state, tmp_path_factory):
+    """A copy of the shared tiny run swept one cell at a time, killed after its first experiment was saved
+    and started again: (project, the resumed sweep's output, its raw file, the experiments before the resume)."""
+    shared, modes = _tiny_repro_state
+    project = tmp_path_factory.mktemp("sweep") / "project"
+    shutil.copytree(shared.project, project, symlinks=True)
+    _restore_modes(project, modes)
+    cmd = [sys.executable, "-m", "pipeline", "sweep", *GRID, "--jobs", "1", "--repo", str(project)]
+    first = subprocess.Popen(cmd, cwd=project, env=plain_pipeline_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert eventually(lambda: exp_names(project) or first.poll() is not None, timeout=600)
+    finally:
+        os.killpg(first.pid, signal.SIGTERM)  # the sweep, its cell process (which stops its `dvc repro`)
+        first.wait(120)
+    before = exp_names(project)
+    raw_file = project.parent / "raw.json"
+    again = ganaug(project, "sweep", *GRID, "--jobs", "1", "--raw", str(raw_file))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    return project, again.stdout, raw_file, before
+
+
+@pytest.mark.heavy
+@pytest.mark.xdist_group("sweep")
+def test_a_killed_sweep_resumes_with_only_its_unfinished_cells(reference):
+    project, out, raw_file, before = reference
+    assert 1 <= len(before) < 4 and before <= NAMES
+    assert f"{len(before)} done before, {4 - len(before)} to run" in out
+    ran = {line.split(":")[0].strip() for line in out.splitlines() if line.endswith(": ran")}
+    assert ran == NAMES - before and exp_names(project) == NAMES
+    # the table: at weight 0 every stream variant is the real-only model, so its deltas are exactly 0
+    m = metrics_of(raw_file)
+    for name in ("t-synth_weight0-batch_size256", "t-synth_weight0-batch_size512"):
+        assert all(m[name][v]["macro_f1"] == m[name]["baseline"]["macro_f1"] for v in ("gan", "source", "gan_source"))
+    assert "| t-synth_weight0-batch_size256 | 1 |" in out and "+0.000 |" in out
+
+
+@pytest.mark.heavy
+@pytest.mark.xdist_group("sweep")
+def test_dvc_exp_show_lists_every_cell_with_its_params_and_metrics(reference):
+    project, _, raw_file, _ = reference
+    shown = json.loads(run(DVC + ["exp", "show", "--json"], project, env=pipeline_env()).stdout)
+    exps = {e["name"]: e["data"] for rev in shown for e in (rev.get("experiments") or [])
+            for e in e.get("revs", []) if e.get("name")}
+    assert set(exps) == NAMES
+    for name, data in exps.items():
+        params = data["params"]["params.yaml"]["data"]
+        assert params["finetune"]["synth_weight"] == int(name.split("synth_weight")[1][0])
+        assert params["eval"]["batch_size"] == int(name.rsplit("batch_size", 1)[1])
+        assert data["metrics"]["metrics/eval.json"]["data"]["baseline"]["macro_f1"] == \
+            metrics_of(raw_file)[name]["baseline"]["macro_f1"]
+
+
+# --- elsewhere: a Dask cluster, a Prefect work pool -------------------------------------------------------
+# Each sweeps a copy of the reference project after `dvc exp remove` of its cells (how a sweep is cleaned
+# up): the cells run again, end to end, and DVC restores the stages the reference ran from its run cache,
+# as a shared cache would on a cluster, so these tests cost a few seconds a cell. That a pipeline gives
+# the same bytes in another process is tests/test_reproducible.py's.
+
+@pytest.fixture
+def swept_copy(reference, tmp_path) -> Path:
+    project = tmp_path / "project"
+    shutil.copytree(reference[0], project, symlinks=True)
+    run(DVC + ["exp", "remove", *sorted(NAMES)], project, env=pipeline_env())
+    assert exp_names(project) == set()
+    return project
+
+
+@pytest.mark.heavy
+@pytest.mark.xdist_group("sweep")
+def test_a_local_dask_cluster_of_two_worker_processes_gives_the_same_metrics(reference, swept_copy):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        raw_file = swept_copy.parent / "raw.json"
+        proc = ganaug(swept_copy, "sweep", *GRID, "--executor", "dask", "--address", cluster.scheduler_address,
+                      "--raw", str(raw_file))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "0 done before, 4 to run on Dask at" in proc.stdout and exp_names(swept_copy) == NAMES
+    assert metrics_of(raw_file) == metrics_of(reference[2])
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(60)
+
+
+@pytest.mark.heavy
+@pytest.mark.xdist_group("sweep")
+def test_a_prefect_process_pool_with_two_workers_gives_the_same_metrics(reference, swept_copy, api_url):
+    project, tag = swept_copy, uuid.uuid4().hex[:8]
+    deployment = next(d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+                      if d["name"] == "sweep")
+    deployment.update(name=f"sweep-{tag}", work_pool={"name": f"sweep-{tag}"})
+    (project / "prefect.yaml").write_text(yaml.safe_dump({"name": "ganaug", "deployments": [deployment]}))
+    shutil.copytree(ROOT / "pipeline", project / "pipeline")  # the entrypoint file, as in a real checkout
+    env = {**plain_pipeline_env(), "PREFECT_API_URL": api_url, "PYTHONPATH": str(ROOT)}
+    for cmd in (["work-pool", "create", f"sweep-{tag}", "--type", "process"], ["--no-prompt", "deploy", "--all"]):
+        out = subprocess.run(PREFECT + cmd, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr
+    workers = [subprocess.Popen(PREFECT + ["worker", "start", "--pool", f"sweep-{tag}", "--limit", "1"], cwd=project,
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    try:
+        raw_file = project.parent / "raw.json"
+        proc = ganaug(project, "sweep", *GRID, "--executor", "prefect", "--deployment",
+                      f"ganaug-sweep-cell/sweep-{tag}", "--raw", str(raw_file), env=env)
+    finally:
+        for w in workers:
+            stop(w)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert exp_names(project) == NAMES
+    assert metrics_of(raw_file) == metrics_of(reference[2])
