@@ -30,6 +30,7 @@ from pipeline.stats import fmt_delta, markdown_table, mean_ci
 from pipeline.sweep_cell import RECORD, CellFailed
 from pipeline.sweep_exec import Executor
 from pipeline.sweep_grid import Cell
+from pipeline.workspace import head_experiments
 
 BASELINE = "baseline"
 
@@ -44,11 +45,7 @@ class Outcome:
     record: dict = field(default_factory=dict)  # sweep_cell.json of its experiment
 
 
-def experiment_refs(project: Path) -> dict[str, str]:
-    """Experiment name -> git ref, for the experiments of the current commit (HEAD)."""
-    head = run_git(project, "rev-parse", "HEAD").strip()
-    out = run_git(project, "for-each-ref", "--format=%(refname)", f"refs/exps/{head[:2]}/{head[2:]}/")
-    return {ref.rsplit("/", 1)[-1]: ref for ref in out.split()}
+experiment_refs = head_experiments  # name -> ref of the current commit's experiments
 
 
 def read_from_experiment(project: Path, ref: str, path: str) -> dict:
@@ -66,7 +63,7 @@ class Progress:
     def __init__(self, total: int, done: int, where: str, key: Optional[str]):
         from tqdm import tqdm
 
-        self.total, self.key, self.failed, self.running = total, key, 0, 0
+        self.total, self.key, self.done, self.failed, self.running = total, key, done, 0, 0
         self.bar = tqdm(total=total, initial=done, desc=f"sweep on {where}", unit="cell",
                         disable=None, dynamic_ncols=True)
         self.artifact = None
@@ -79,12 +76,13 @@ class Progress:
     def update(self, finished: int = 0, running: Optional[int] = None, failed: int = 0) -> None:
         self.running = self.running if running is None else running
         self.failed += failed
+        self.done += finished
         self.bar.set_postfix_str(f"running {self.running}, failed {self.failed}", refresh=False)
-        self.bar.update(finished)
+        self.bar.update(finished)  # tqdm is quiet off a terminal: `self.done` counts for the artifact
         if self.artifact is not None and finished:
             from prefect.artifacts import update_progress_artifact
 
-            update_progress_artifact(self.artifact, 100.0 * self.bar.n / max(self.total, 1))
+            update_progress_artifact(self.artifact, 100.0 * self.done / max(self.total, 1))
 
     def close(self) -> None:
         self.bar.close()

@@ -6,7 +6,7 @@ Prefect flow run on a work pool). It
 1. finds the project: the folder `repo`, or with `git_url` a clone of it made
    for the cell (the cell then pushes its experiment back: `dvc exp push`);
 2. does nothing when the project's experiment store already holds the cell's
-   experiment (a resumed sweep; the store decides, not a list kept aside);
+   experiment on the current commit (a resumed sweep; the store decides, not a list kept aside);
 3. else runs `dvc repro` in a git worktree of HEAD with the cell's overrides
    (`pipeline/workspace.py`: the project's DVC cache, so unchanged stages come
    back from DVC's run cache), with `threads` torch threads per stage;
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.dvc_cli import dvc_args, run_dvc, run_git, run_streaming, terminate_children_on_sigterm
-from pipeline.workspace import experiment_exists, experiment_workspace, find_project, save_experiment
+from pipeline.workspace import experiment_workspace, find_project, head_experiments, save_experiment
 
 RECORD = "sweep_cell.json"  # in the experiment: the cell's name, overrides, stage seconds, machine
 _RUNNING = re.compile(r"^Running stage '([^']+)'")
@@ -81,7 +81,7 @@ def run_cell(repo: str, spec: dict, threads: Optional[int] = None, git_url: Opti
         project = clone(git_url, tmp / "project") if git_url else find_project(repo)
         if git_url:
             run_git(project, "fetch", "--quiet", "origin", "+refs/exps/*:refs/exps/*")
-        if experiment_exists(project, name):
+        if name in head_experiments(project):  # on the current commit, as the sweep counts done cells
             return {"name": name, "status": "done before"}
         started = time.monotonic()
         with experiment_workspace(project, overrides, lambda msg: None) as ws:

@@ -180,3 +180,10 @@ def experiment_exists(project: Path, name: str) -> bool:
     """Whether the project already has an experiment called `name` (on any commit)."""
     out = run_dvc(project, "exp", "list", "--all-commits", "--name-only")
     return name in out.split()
+
+
+def head_experiments(project: Path) -> dict[str, str]:
+    """Experiment name -> git ref, for the experiments of the current commit (HEAD); git only, no DVC start-up."""
+    head = run_git(project, "rev-parse", "HEAD").strip()
+    out = run_git(project, "for-each-ref", "--format=%(refname)", f"refs/exps/{head[:2]}/{head[2:]}/")
+    return {ref.rsplit("/", 1)[-1]: ref for ref in out.split()}

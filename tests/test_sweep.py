@@ -4,6 +4,8 @@ metrics from local processes, a Dask cluster of 2 worker processes and a Prefect
 The pipeline tests sweep a 2 x 2 grid of late-stage params on copies of the shared tiny run, so each cell
 restores the early stages from DVC's run cache: `finetune.synth_weight` 0 or 1 (at 0 every stream variant
 is the real-only model, bit for bit) x `eval.batch_size` 256 or 512 (predictions do not depend on it).
+Every process (the sweep, its cells, the Dask and Prefect workers) starts from the fork server's client
+(conftest.forked_python), so the cells' `dvc` commands and stages are forked, as in the other pipeline tests.
 """
 from __future__ import annotations
 
@@ -12,14 +14,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import DVC, ROOT, _restore_modes, pipeline_env, plain_pipeline_env, run
+from conftest import DVC, ROOT, _restore_modes, forked_python, pipeline_env, run
 from pipeline.stats import mean_ci
 from pipeline.sweep import Outcome, table
 from pipeline.sweep_grid import SEEDED, Cell, grid_from_args, grid_from_file, cells
@@ -28,12 +29,15 @@ from test_pipeline_flow import eventually
 GRID = ["--name", "t", "--set", "finetune.synth_weight=0,1", "--set", "eval.batch_size=256,512"]
 NAMES = {"t-synth_weight0-batch_size256", "t-synth_weight0-batch_size512", "t-synth_weight1-batch_size256",
          "t-synth_weight1-batch_size512"}
-PREFECT = [sys.executable, "-m", "prefect"]
+
+
+def python(*args: str) -> list[str]:
+    return [forked_python(), *args]
 
 
 def ganaug(project: Path, *args: str, env=None, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args, "--repo", str(project)], cwd=project,
-                          env=env or plain_pipeline_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(python("-m", "pipeline", *args, "--repo", str(project)), cwd=project,
+                          env=env or pipeline_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def exp_names(project: Path) -> set[str]:
@@ -96,8 +100,8 @@ def reference(_tiny_repro_state, tmp_path_factory):
     project = tmp_path_factory.mktemp("sweep") / "project"
     shutil.copytree(shared.project, project, symlinks=True)
     _restore_modes(project, modes)
-    cmd = [sys.executable, "-m", "pipeline", "sweep", *GRID, "--jobs", "1", "--repo", str(project)]
-    first = subprocess.Popen(cmd, cwd=project, env=plain_pipeline_env(), stdout=subprocess.DEVNULL,
+    cmd = python("-m", "pipeline", "sweep", *GRID, "--jobs", "1", "--repo", str(project))
+    first = subprocess.Popen(cmd, cwd=project, env=pipeline_env(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         assert eventually(lambda: exp_names(project) or first.poll() is not None, timeout=600)
@@ -148,6 +152,15 @@ def test_dvc_exp_show_lists_every_cell_with_its_params_and_metrics(reference):
 # as a shared cache would on a cluster, so these tests cost a few seconds a cell. That a pipeline gives
 # the same bytes in another process is tests/test_reproducible.py's.
 
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(60)
+
+
 @pytest.fixture
 def swept_copy(reference, tmp_path) -> Path:
     project = tmp_path / "project"
@@ -160,24 +173,27 @@ def swept_copy(reference, tmp_path) -> Path:
 @pytest.mark.heavy
 @pytest.mark.xdist_group("sweep")
 def test_a_local_dask_cluster_of_two_worker_processes_gives_the_same_metrics(reference, swept_copy):
-    from distributed import LocalCluster
+    from distributed import Client
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    file, log = swept_copy.parent / "scheduler.json", open(swept_copy.parent / "dask.log", "w")
+    common = ["--scheduler-file", str(file), "--no-dashboard"]
+    cluster = [subprocess.Popen(python("-m", "distributed.cli.dask_scheduler", "--port", "0", *common),
+                                env=pipeline_env(), stdout=log, stderr=log)]
+    try:
+        assert eventually(file.is_file, timeout=120), (swept_copy.parent / "dask.log").read_text()
+        cluster.append(subprocess.Popen(python("-m", "distributed.cli.dask_worker", "--nworkers", "2", "--nthreads", "1",
+                                               *common), env=pipeline_env(), stdout=log, stderr=log))
+        with Client(scheduler_file=str(file), timeout="60s") as client:
+            client.wait_for_workers(2, timeout=120)
+            address = client.scheduler.address
         raw_file = swept_copy.parent / "raw.json"
-        proc = ganaug(swept_copy, "sweep", *GRID, "--executor", "dask", "--address", cluster.scheduler_address,
-                      "--raw", str(raw_file))
+        proc = ganaug(swept_copy, "sweep", *GRID, "--executor", "dask", "--address", address, "--raw", str(raw_file))
+    finally:
+        for p in reversed(cluster):
+            stop(p)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "0 done before, 4 to run on Dask at" in proc.stdout and exp_names(swept_copy) == NAMES
     assert metrics_of(raw_file) == metrics_of(reference[2])
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(60)
 
 
 @pytest.mark.heavy
@@ -189,11 +205,11 @@ def test_a_prefect_process_pool_with_two_workers_gives_the_same_metrics(referenc
     deployment.update(name=f"sweep-{tag}", work_pool={"name": f"sweep-{tag}"})
     (project / "prefect.yaml").write_text(yaml.safe_dump({"name": "ganaug", "deployments": [deployment]}))
     shutil.copytree(ROOT / "pipeline", project / "pipeline")  # the entrypoint file, as in a real checkout
-    env = {**plain_pipeline_env(), "PREFECT_API_URL": api_url, "PYTHONPATH": str(ROOT)}
+    env = {**pipeline_env(), "PREFECT_API_URL": api_url, "PYTHONPATH": str(ROOT)}
     for cmd in (["work-pool", "create", f"sweep-{tag}", "--type", "process"], ["--no-prompt", "deploy", "--all"]):
-        out = subprocess.run(PREFECT + cmd, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+        out = subprocess.run(python("-m", "prefect", *cmd), cwd=project, env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stdout + out.stderr
-    workers = [subprocess.Popen(PREFECT + ["worker", "start", "--pool", f"sweep-{tag}", "--limit", "1"], cwd=project,
+    workers = [subprocess.Popen(python("-m", "prefect", "worker", "start", "--pool", f"sweep-{tag}", "--limit", "1"), cwd=project,
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
     try:
         raw_file = project.parent / "raw.json"
@@ -205,3 +221,11 @@ def test_a_prefect_process_pool_with_two_workers_gives_the_same_metrics(referenc
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert exp_names(project) == NAMES
     assert metrics_of(raw_file) == metrics_of(reference[2])
+    from prefect.client.orchestration import get_client  # progress and the table, in Prefect too
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        def artifact(key: str):
+            return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))[-1]
+        assert artifact("ganaug-sweep-t").data == 100.0
+        assert "| t-synth_weight0-batch_size256 | 1 |" in artifact("ganaug-sweep-t-table").data
