@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -70,8 +71,8 @@ class Progress:
         if key:
             from prefect.artifacts import create_progress_artifact
 
-            self.artifact = create_progress_artifact(100.0 * done / max(total, 1), key=key,
-                                                     description=f"ganaug sweep: cells done of {total}")
+            self.artifact = _quietly(create_progress_artifact, 100.0 * done / max(total, 1), key=key,
+                                     description=f"ganaug sweep: cells done of {total}")
 
     def update(self, finished: int = 0, running: Optional[int] = None, failed: int = 0) -> None:
         self.running = self.running if running is None else running
@@ -82,10 +83,19 @@ class Progress:
         if self.artifact is not None and finished:
             from prefect.artifacts import update_progress_artifact
 
-            update_progress_artifact(self.artifact, 100.0 * self.done / max(self.total, 1))
+            _quietly(update_progress_artifact, self.artifact, 100.0 * self.done / max(self.total, 1))
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _quietly(fn, *args, **kwargs):
+    """A Prefect artifact call; a Prefect API that does not answer costs a warning, never the sweep."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        print(f"warning: Prefect artifact not written ({exc.__class__.__name__}: {exc})", file=sys.stderr)
+        return None
 
 
 def prefect_key(name: str) -> Optional[str]:
@@ -213,4 +223,4 @@ def publish_table(key: Optional[str], text: str) -> None:
     if key:
         from prefect.artifacts import create_markdown_artifact
 
-        create_markdown_artifact(text, key=f"{key}-table", description="ganaug sweep: Δ macro-F1 against real-only")
+        _quietly(create_markdown_artifact, text, key=f"{key}-table", description="ganaug sweep: Δ macro-F1 against real-only")

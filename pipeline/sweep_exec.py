@@ -26,10 +26,15 @@ import sys
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
+from ganaug.config.errors import UserError
 from pipeline.dvc_cli import command_env, thread_share
 from pipeline.sweep_cell import CellFailed
 
 TAIL = 30
+
+
+class ExecutorError(UserError):
+    """The executor cannot start (no scheduler at the address, no such deployment); one line."""
 
 
 class Executor(Protocol):
@@ -81,7 +86,7 @@ class DaskExecutor:
         try:
             self.client = Client(address, timeout="30s")
         except OSError as exc:
-            raise CellFailed(f"--address {address}: no Dask scheduler answers there ({exc})") from None
+            raise ExecutorError(f"--address {address}: no Dask scheduler answers there ({exc})") from None
         self.slots = max(1, sum(self.client.nthreads().values()))
 
     @property
@@ -106,6 +111,24 @@ class PrefectExecutor:
     threads: Optional[int] = None
     git_url: Optional[str] = None
     poll_seconds: float = 2.0  # how often each cell's flow run is asked for its state
+
+    def __post_init__(self) -> None:
+        """ExecutorError unless the Prefect API answers and has the deployment."""
+        import os
+
+        from prefect.client.orchestration import get_client
+        from prefect.exceptions import ObjectNotFound
+
+        api = os.environ.get("PREFECT_API_URL", "(PREFECT_API_URL not set)")
+        try:
+            with get_client(sync_client=True) as client:
+                client.read_deployment_by_name(self.deployment)
+        except ObjectNotFound:
+            raise ExecutorError(f"--deployment {self.deployment}: no such deployment on the Prefect API at {api}; "
+                                "deploy it with `prefect --no-prompt deploy --name sweep`") from None
+        except Exception as exc:  # httpx's connection errors, a server that is starting
+            raise ExecutorError(f"--executor prefect: the Prefect API at {api} does not answer "
+                                f"({exc.__class__.__name__}); start one and set PREFECT_API_URL") from None
 
     @property
     def slots(self) -> int:

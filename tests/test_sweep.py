@@ -78,6 +78,15 @@ def test_a_bad_grid_is_one_line_before_anything_runs(tiny_repro, args, message):
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1 and message in proc.stderr
 
 
+def test_an_executor_that_cannot_start_is_one_line(tiny_repro):
+    env = {**pipeline_env(), "PREFECT_API_URL": "http://127.0.0.1:9/api"}  # nothing listens there
+    proc = ganaug(tiny_repro.project, "sweep", "--set", "eval.batch_size=256", "--executor", "prefect", env=env)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "the Prefect API at http://127.0.0.1:9/api does not answer" in proc.stderr
+    proc = ganaug(tiny_repro.project, "sweep", "--set", "eval.batch_size=256", "--executor", "dask")
+    assert proc.returncode == 2 and "--executor dask: give the scheduler's --address" in proc.stderr
+
+
 def test_the_table_pairs_the_seeds_of_each_cell():
     def outcome(group: str, seed: int, base: float, gan: float) -> Outcome:
         cell = Cell(f"{group}-seed{seed}", group, seed, {})
