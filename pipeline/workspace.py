@@ -123,8 +123,7 @@ def experiment_workspace(project: Path, overrides: Mapping[str, Any],
         if copied:
             log(f"experiment workspace includes uncommitted changes to: {', '.join(copied)}")
         cache_dir = run_dvc(project, "cache", "dir").strip().splitlines()[-1]
-        run_dvc(root, "config", "--local", "cache.dir", cache_dir)
-        run_dvc(root, "config", "--local", "core.site_cache_dir", str(tmp / "dvc-site-cache"))
+        write_local_config(root, {"cache": {"dir": cache_dir}, "core": {"site_cache_dir": str(tmp / "dvc-site-cache")}})
         if overrides:
             write_overrides(root / PARAMS_FILE, overrides)
         log(f"experiment workspace {root} (HEAD of {project}, DVC cache {cache_dir})")
@@ -132,6 +131,14 @@ def experiment_workspace(project: Path, overrides: Mapping[str, Any],
     finally:
         remove_worktree(project, root)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_local_config(root: Path, sections: Mapping[str, Mapping[str, str]]) -> None:
+    """Write `root/.dvc/config.local` (what `dvc config --local` writes, without starting DVC for each key)."""
+    lines = []
+    for section, values in sections.items():
+        lines += [f"[{section}]"] + [f"    {key} = {value}" for key, value in values.items()]
+    (root / ".dvc" / "config.local").write_text("\n".join(lines) + "\n")
 
 
 def copy_uncommitted(project: Path, root: Path) -> list[str]:

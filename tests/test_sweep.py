@@ -9,6 +9,7 @@ Every process (the sweep, its cells, the Dask and Prefect workers) starts from t
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import DVC, ROOT, _restore_modes, forked_python, pipeline_env, run
+from conftest import DVC, ROOT, _restore_modes, _shared_folder, forked_python, pipeline_env, run
 from pipeline.stats import mean_ci
 from pipeline.sweep import Outcome, table
 from pipeline.sweep_grid import SEEDED, Cell, grid_from_args, grid_from_file, cells
@@ -101,12 +102,12 @@ def test_the_table_pairs_the_seeds_of_each_cell():
 
 # --- running it: local processes, resumed after a kill (the reference: cells one by one) -----------------
 
-@pytest.fixture(scope="module")
-def reference(_tiny_repro_state, tmp_path_factory):
-    """A copy of the shared tiny run swept one cell at a time, killed after its first experiment was saved
-    and started again: (project, the resumed sweep's output, its raw file, the experiments before the resume)."""
-    shared, modes = _tiny_repro_state
-    project = tmp_path_factory.mktemp("sweep") / "project"
+def _make_reference(folder: Path, shared, modes) -> None:
+    """The reference sweep (see `reference`), unless made already; the caller holds the folder's lock."""
+    if (folder / "done.json").exists():
+        return
+    project = folder / "project"
+    shutil.rmtree(project, ignore_errors=True)  # a worker that died half-way
     shutil.copytree(shared.project, project, symlinks=True)
     _restore_modes(project, modes)
     cmd = python("-m", "pipeline", "sweep", *GRID, "--jobs", "1", "--repo", str(project))
@@ -118,14 +119,25 @@ def reference(_tiny_repro_state, tmp_path_factory):
         os.killpg(first.pid, signal.SIGTERM)  # the sweep, its cell process (which stops its `dvc repro`)
         first.wait(120)
     before = exp_names(project)
-    raw_file = project.parent / "raw.json"
-    again = ganaug(project, "sweep", *GRID, "--jobs", "1", "--raw", str(raw_file))
+    again = ganaug(project, "sweep", *GRID, "--jobs", "1", "--raw", str(folder / "raw.json"))
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    return project, again.stdout, raw_file, before
+    (folder / "done.json").write_text(json.dumps({"stdout": again.stdout, "before": sorted(before)}))
+
+
+@pytest.fixture
+def reference(_tiny_repro_state, tmp_path_factory, worker_id):
+    """A copy of the shared tiny run swept one cell at a time, killed after its first experiment was saved
+    and started again: (project, the resumed sweep's output, its raw file, the experiments before the resume).
+    Made once for all pytest-xdist workers, under a file lock in the folder they share; read-only."""
+    folder = _shared_folder(tmp_path_factory, worker_id, "sweep_reference")
+    with open(folder / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this worker dies
+        _make_reference(folder, *_tiny_repro_state)
+    done = json.loads((folder / "done.json").read_text())
+    return folder / "project", done["stdout"], folder / "raw.json", set(done["before"])
 
 
 @pytest.mark.heavy
-@pytest.mark.xdist_group("sweep")
 def test_a_killed_sweep_resumes_with_only_its_unfinished_cells(reference):
     project, out, raw_file, before = reference
     assert 1 <= len(before) < 4 and before <= NAMES
@@ -140,9 +152,9 @@ def test_a_killed_sweep_resumes_with_only_its_unfinished_cells(reference):
 
 
 @pytest.mark.heavy
-@pytest.mark.xdist_group("sweep")
-def test_dvc_exp_show_lists_every_cell_with_its_params_and_metrics(reference):
-    project, _, raw_file, _ = reference
+def test_dvc_exp_show_lists_every_cell_with_its_params_and_metrics(reference, tmp_path):
+    project, raw_file = tmp_path / "project", reference[2]
+    shutil.copytree(reference[0], project, symlinks=True)  # the shared reference stays untouched
     shown = json.loads(run(DVC + ["exp", "show", "--json"], project, env=pipeline_env()).stdout)
     exps = {e["name"]: e["data"] for rev in shown for e in (rev.get("experiments") or [])
             for e in e.get("revs", []) if e.get("name")}
@@ -180,7 +192,6 @@ def swept_copy(reference, tmp_path) -> Path:
 
 
 @pytest.mark.heavy
-@pytest.mark.xdist_group("sweep")
 def test_a_local_dask_cluster_of_two_worker_processes_gives_the_same_metrics(reference, swept_copy):
     from distributed import Client
 
@@ -206,7 +217,6 @@ def test_a_local_dask_cluster_of_two_worker_processes_gives_the_same_metrics(ref
 
 
 @pytest.mark.heavy
-@pytest.mark.xdist_group("sweep")
 def test_a_prefect_process_pool_with_two_workers_gives_the_same_metrics(reference, swept_copy, api_url):
     project, tag = swept_copy, uuid.uuid4().hex[:8]
     deployment = next(d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
