@@ -44,8 +44,9 @@ class CellFailed(RuntimeError):
     """The cell's `dvc repro` (or its experiment's save or push) failed; the message ends with the output's tail."""
 
 
-def repro(root: Path, threads: Optional[int]) -> dict[str, float]:
-    """`dvc repro` in `root`; wall seconds of each stage that ran (its start line to its lock-file line)."""
+def repro(root: Path, threads: Optional[int], pull: bool = False) -> dict[str, float]:
+    """`dvc repro` (with `pull`: `--pull`, missing outputs and run-cache entries from the DVC remote) in `root`;
+    wall seconds of each stage that ran (its start line to its lock-file line)."""
     seconds: dict[str, float] = {}
     current: list = [None, 0.0]
     tail: list[str] = []
@@ -61,7 +62,7 @@ def repro(root: Path, threads: Optional[int]) -> dict[str, float]:
             current[0] = None
 
     env = {"GANAUG_THREADS": str(threads)} if threads else None
-    result = run_streaming(dvc_args("repro"), root, on_line, env=env)
+    result = run_streaming(dvc_args("repro", *(["--pull"] if pull else [])), root, on_line, env=env)
     if result.returncode != 0:
         raise CellFailed(f"dvc repro failed in the cell's workspace (exit {result.returncode}):\n" + "\n".join(tail))
     return seconds
@@ -85,7 +86,7 @@ def run_cell(repo: str, spec: dict, threads: Optional[int] = None, git_url: Opti
             return {"name": name, "status": "done before"}
         started = time.monotonic()
         with experiment_workspace(project, overrides, lambda msg: None) as ws:
-            stages = repro(ws.root, threads)
+            stages = repro(ws.root, threads, pull=bool(git_url))
             record = {"name": name, "overrides": overrides, "stage_seconds": stages,
                       "seconds": round(time.monotonic() - started, 2), "host": socket.gethostname(),
                       "machine": f"{platform.machine()} Python {platform.python_version()}", "threads": threads}
