@@ -88,6 +88,15 @@ def test_an_executor_that_cannot_start_is_one_line(tiny_repro):
     assert proc.returncode == 2 and "--executor dask: give the scheduler's --address" in proc.stderr
 
 
+@pytest.mark.heavy
+def test_a_failing_cell_is_tried_twice_then_reported_and_the_sweep_exits_1(tiny_repro_copy):
+    # a params-valid cell whose data is missing: its `prepare` fails with a DataError at every try
+    proc = ganaug(tiny_repro_copy, "sweep", "--name", "f", "--set", "data.target=missing.npz")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "f-targetmissing.npz: failed after 2 tries" in proc.stdout and "missing.npz" in proc.stdout
+    assert "error: cell f-targetmissing.npz failed" in proc.stderr and exp_names(tiny_repro_copy) == set()
+
+
 def test_the_table_pairs_the_seeds_of_each_cell():
     def outcome(group: str, seed: int, base: float, gan: float) -> Outcome:
         cell = Cell(f"{group}-seed{seed}", group, seed, {})
