@@ -51,7 +51,9 @@ from bench.common import (DOC, ROOT, Skip, command_line, deep_update, fmt_ci, fm
                           markdown_table, mean_ci, parse_overrides, tool_env, usable_cores, publish)
 from pipeline import datasets
 from pipeline.dag import StageDag, read_dag
-from pipeline.sweep import Outcome, experiment_refs, read_from_experiment, run_sweep
+from pipeline.sweep import Outcome, read_from_experiment, run_sweep
+from pipeline.workspace import head_experiments
+from pipeline.sweep_cell import STAGE_DONE, STAGE_START
 from pipeline.sweep_exec import LocalExecutor
 from pipeline.sweep_grid import Grid, cells
 
@@ -63,8 +65,6 @@ BASELINE, CLASSICAL = "baseline", "classical"
 LABELS = {BASELINE: "real-only", CLASSICAL: "real + classical", "gan": "real + GAN (teacher-labelled stream)",
           "source": "real + source relabelled", "gan_source": "real + GAN + source",
           "augmented": "ablation: hard-label mixing"}
-_RUNNING = re.compile(r"^Running stage '([^']+)'")
-_STAGE_DONE = re.compile(r"^(Updating|Generating) lock file")
 
 
 def scenario(name: str) -> dict:
@@ -92,9 +92,9 @@ def repro_timed(project: Path, threads: int) -> dict[str, float]:
     for line in proc.stdout:
         now = time.perf_counter()
         tail = (tail + [line])[-60:]
-        if m := _RUNNING.match(line):
+        if m := STAGE_START.match(line):
             current, start = m.group(1), now
-        elif current and _STAGE_DONE.match(line):
+        elif current and STAGE_DONE.match(line):
             seconds[current], current = round(now - start, 2), None
     if proc.wait() != 0:
         raise RuntimeError(f"dvc repro failed in {project}:\n{''.join(tail)}")
@@ -163,7 +163,7 @@ def run_grid(datasets: list[str], shots: list[int], seeds: list[int], overrides:
     t0 = time.perf_counter()
     outcomes = run_sweep(project, cells(grid, ROOT), LocalExecutor(str(project), workers, threads), tries=2,
                          log=lambda line: print(f"uplift: {line.strip()}", flush=True))
-    refs, dag = experiment_refs(project), read_dag(project)
+    refs, dag = head_experiments(project), read_dag(project)
     found = [bench_cell(o, project, refs[o.cell.name], dag) for o in outcomes if o.metrics]
     failed = {o.cell.name: (o.error.splitlines() or ["failed"])[-1] for o in outcomes if o.status == "failed"}
     for c in found:

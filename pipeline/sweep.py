@@ -46,9 +46,6 @@ class Outcome:
     record: dict = field(default_factory=dict)  # sweep_cell.json of its experiment
 
 
-experiment_refs = head_experiments  # name -> ref of the current commit's experiments
-
-
 def read_from_experiment(project: Path, ref: str, path: str) -> dict:
     try:
         return json.loads(run_git(project, "show", f"{ref}:{path}"))
@@ -153,7 +150,7 @@ def run_sweep(project: Path, all_cells: Sequence[Cell], executor: Executor, trie
               key: Optional[str] = None, remote: Optional[str] = None,
               log: Callable[[str], None] = print) -> list[Outcome]:
     """Run the grid's unfinished cells; every cell's outcome with its metrics read from the experiment store."""
-    refs = experiment_refs(project)
+    refs = head_experiments(project)
     todo = [c for c in all_cells if c.name not in refs]
     log(f"sweep: {len(all_cells)} cell(s), {len(all_cells) - len(todo)} done before, {len(todo)} to run "
         f"on {executor.where}")
@@ -167,7 +164,7 @@ def run_sweep(project: Path, all_cells: Sequence[Cell], executor: Executor, trie
         progress.close()
     if remote:
         pull(project, remote, [o.cell.name for o in ran if o.status == "ran"])
-    refs = experiment_refs(project)
+    refs = head_experiments(project)
     by_name = {o.cell.name: o for o in ran}
     outcomes = []
     for c in all_cells:

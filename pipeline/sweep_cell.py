@@ -35,8 +35,8 @@ from pipeline.dvc_cli import dvc_args, run_dvc, run_git, run_streaming, terminat
 from pipeline.workspace import experiment_workspace, find_project, head_experiments, save_experiment
 
 RECORD = "sweep_cell.json"  # in the experiment: the cell's name, overrides, stage seconds, machine
-_RUNNING = re.compile(r"^Running stage '([^']+)'")
-_STAGE_DONE = re.compile(r"^(Updating|Generating) lock file")
+STAGE_START = re.compile(r"^Running stage '([^']+)'")  # `dvc repro` output: a stage starts ...
+STAGE_DONE = re.compile(r"^(Updating|Generating) lock file")  # ... and ends
 TAIL = 40
 
 
@@ -55,9 +55,9 @@ def repro(root: Path, threads: Optional[int], pull: bool = False) -> dict[str, f
         now = time.monotonic()
         tail.append(line)
         del tail[:-TAIL]
-        if m := _RUNNING.match(line):
+        if m := STAGE_START.match(line):
             current[:] = [m.group(1), now]
-        elif current[0] and _STAGE_DONE.match(line):
+        elif current[0] and STAGE_DONE.match(line):
             seconds[current[0]] = round(now - current[1], 2)
             current[0] = None
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from pipeline.overrides import OverrideError, format_overrides, validate_overrides
-from pipeline.workspace import find_project
+from pipeline.workspace import find_project, head_experiments
 
 DEPLOYMENT = "ganaug-sweep-cell/sweep"
 
@@ -77,7 +77,7 @@ def make_executor(args: argparse.Namespace, project: Path, n_cells: int):
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from pipeline.sweep import experiment_refs, prefect_key, publish_table, raw, run_sweep, table
+    from pipeline.sweep import prefect_key, publish_table, raw, run_sweep, table
     from pipeline.sweep_grid import cells
 
     project = find_project(args.repo)
@@ -86,7 +86,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for c in todo[:1] + todo[-1:]:  # every cell has the same keys: the first and last catch a bad key or value
         validate_overrides(project, c.overrides)
     if args.dry_run:
-        done = experiment_refs(project)
+        done = head_experiments(project)
         for c in todo:
             print(f"{c.name}  {'done' if c.name in done else 'to run'}  {format_overrides(c.overrides)}")
         print(f"{len(todo)} cell(s), {sum(c.name in done for c in todo)} done")

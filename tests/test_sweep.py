@@ -26,6 +26,7 @@ from pipeline.stats import mean_ci
 from pipeline.sweep import Outcome, table
 from pipeline.sweep_grid import SEEDED, Cell, grid_from_args, grid_from_file, cells
 from test_pipeline_flow import eventually
+from test_prefect_production import stop
 
 GRID = ["--name", "t", "--set", "finetune.synth_weight=0,1", "--set", "eval.batch_size=256,512"]
 NAMES = {"t-synth_weight0-batch_size256", "t-synth_weight0-batch_size512", "t-synth_weight1-batch_size256",
@@ -181,15 +182,6 @@ def test_dvc_exp_show_lists_every_cell_with_its_params_and_metrics(reference, tm
 # up): the cells run again, end to end, and DVC restores the stages the reference ran from its run cache,
 # as a shared cache would on a cluster, so these tests cost a few seconds a cell. That a pipeline gives
 # the same bytes in another process is tests/test_reproducible.py's.
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(60)
-
 
 @pytest.fixture
 def swept_copy(reference, tmp_path) -> Path:
