@@ -167,3 +167,23 @@ def test_consumer_recipes_train_on_the_published_dataset_of_the_shared_run(tiny_
     assert set(RECIPES) <= set(out) and all(0.0 <= out[r] <= 1.0 for r in RECIPES)
     assert out["kept"]["real"] == 15 and out["kept"]["hard_all"] == 15 + 20  # 5 classes x (3 shots, 4 synthetic)
     assert 15 <= out["kept"]["confident0.7_k1"] <= out["kept"]["confident0.5_k1"] <= out["kept"]["confident0.5_k4"] <= 35
+
+
+def test_lever_table_pairs_each_cell_with_its_seeds_and_crop_only_with_the_same_real_only_model(tmp_path):
+    from bench.levers import Lever, lever_rows
+
+    def cell(dataset: str, seed: int, base: float, gan: float, source: float) -> dict:
+        f1 = {"baseline": base, "classical": 0.55, "gan": gan, "source": source, "gan_source": source}
+        return {"dataset": dataset, "shots": 10, "seed": seed, "metrics": {k: {"macro_f1": v} for k, v in f1.items()}}
+    gains = [0.02, 0.025, 0.03]  # gan - source: clearly above 0
+    cells = [cell("a", s, 0.5 + s / 10, 0.6 + g, 0.6) for s, g in enumerate(gains)] + [cell("b", 0, 0.5, 0.4, 0.6)]
+    (tmp_path / "raw.json").write_text(json.dumps({"cells": cells}))
+    policies = {("a", 10, s): {"none": 0.5 + s / 10, "crop": 0.6} for s in range(3)}  # the same real-only models
+    policies[("b", 10, 0)] = {"none": 0.49, "crop": 0.6}  # another real-only model: not paired
+
+    (row_a, signs_a), (row_b, signs_b) = lever_rows(Lever("x", "", ("raw.json", "absent.json")), policies, tmp_path)
+    m, h = mean_ci(gains)
+    assert row_a[:3] == ["x", "a", 10] and row_a[3] == f"{m:+.3f} [{m - h:+.3f}, {m + h:+.3f}]*"
+    assert row_a[5] == row_a[3] and signs_a == {"source": 1, "classical": 1, "crop": 1, "n": 3}
+    assert row_b[3] == "-0.200" and row_b[5] == "—" and signs_b["source"] is None and signs_b["crop"] is None
+    assert row_a[7] == "`raw.json`"
