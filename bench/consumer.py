@@ -43,7 +43,8 @@ from torchvision.transforms import v2
 
 from bench.common import (DOC, ROOT, Skip, command_line, fmt_delta, machine, make_project, markdown_table, mean_ci,
                           publish)
-from bench.uplift import DEV_DATASETS, cell_params, repro_timed, scenario
+from bench.uplift import DEV_DATASETS, cell_params, scenario
+from pipeline.sweep_cell import repro
 from ganaug.config.params import PublishParams
 from ganaug.io.data import load_prepared
 from ganaug.judge.hard_view import hard_view
@@ -178,7 +179,7 @@ def run_cell(dataset: str, shots: int, seed: int, work: Path, c: Consumer) -> di
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     project = make_project(work / f"{dataset}-{shots}-seed{seed}", cell_params(base, scenario(dataset), shots, seed, {}))
     t0 = time.perf_counter()
-    repro_timed(project, threads=1)
+    repro(project, threads=1)
     pipeline = json.loads((project / "metrics/eval.json").read_text())
     cell = {"dataset": dataset, "shots": shots, "seed": seed, "pipeline_s": round(time.perf_counter() - t0),
             "consumer": consume(project, c, seed),

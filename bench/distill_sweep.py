@@ -29,7 +29,8 @@ import yaml
 
 from bench.common import (DOC, ROOT, Skip, command_line, fmt_ci, fmt_delta, machine, make_project, markdown_table,
                           mean_ci, publish, usable_cores)
-from bench.uplift import BASELINE, CLASSICAL, DEV_DATASETS, cell_params, repro_timed, scenario
+from bench.uplift import BASELINE, CLASSICAL, DEV_DATASETS, cell_params, scenario
+from pipeline.sweep_cell import repro
 
 # candidate settings of the stream keys of `finetune:` (each on top of params.yaml's finetune section)
 CONFIGS: dict[str, dict] = {
@@ -85,7 +86,7 @@ def run_group(job: dict) -> list[dict]:
     for k in job["shots"]:
         (project / "params.yaml").write_text(yaml.safe_dump(cell_params(job["base"], job["data"], k, job["seed"], {}),
                                                             sort_keys=False))
-        repro_timed(project, job["threads"])
+        repro(project, job["threads"])
         ev = json.loads((project / "metrics/eval.json").read_text())
         gm = json.loads((project / "metrics/gan.json").read_text())
         scores = score_configs(project, job["configs"], job["variants"])

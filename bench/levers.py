@@ -59,7 +59,7 @@ def f1(cell: dict, variant: str) -> float:
 
 
 def delta(a: list[float], b: list[float]) -> tuple[str, Optional[int]]:
-    """The formatted paired Δ and its sign when the interval excludes 0 (+1 / -1), else 0."""
+    """The formatted paired Δ and its sign: +1 / -1 when the interval excludes 0, 0 when not, None for one seed."""
     m, h = paired_delta(a, b)
     if h is None:
         return f"{m:+.3f}", None

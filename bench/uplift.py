@@ -36,8 +36,6 @@ import ast
 import json
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -48,12 +46,11 @@ import numpy as np
 import yaml
 
 from bench.common import (DOC, ROOT, Skip, command_line, deep_update, fmt_ci, fmt_delta, machine, make_project,
-                          markdown_table, mean_ci, parse_overrides, tool_env, usable_cores, publish)
+                          markdown_table, mean_ci, parse_overrides, usable_cores, publish)
 from pipeline import datasets
 from pipeline.dag import StageDag, read_dag
 from pipeline.sweep import Outcome, read_from_experiment, run_sweep
 from pipeline.workspace import head_experiments
-from pipeline.sweep_cell import STAGE_DONE, STAGE_START
 from pipeline.sweep_exec import LocalExecutor
 from pipeline.sweep_grid import Grid, cells
 
@@ -82,24 +79,6 @@ def cell_params(base: dict, data: dict, shots: int, seed: int, overrides: dict) 
 
 
 # ---------------------------------------------------------------- running the grid: `ganaug sweep`
-
-def repro_timed(project: Path, threads: int) -> dict[str, float]:
-    """`dvc repro` in `project`; wall seconds of every stage that ran (start line to its lock-file line)."""
-    env = {**tool_env(), "PYTHONUNBUFFERED": "1", "GANAUG_THREADS": str(threads)}
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    seconds, current, start, tail = {}, None, 0.0, []
-    for line in proc.stdout:
-        now = time.perf_counter()
-        tail = (tail + [line])[-60:]
-        if m := STAGE_START.match(line):
-            current, start = m.group(1), now
-        elif current and STAGE_DONE.match(line):
-            seconds[current], current = round(now - start, 2), None
-    if proc.wait() != 0:
-        raise RuntimeError(f"dvc repro failed in {project}:\n{''.join(tail)}")
-    return seconds
-
 
 def variant_stages(dag: StageDag, variant: str) -> set[str]:
     """The stages a variant needs beyond what every variant needs (the real-only variant's upstream)."""
