@@ -187,3 +187,23 @@ def test_lever_table_pairs_each_cell_with_its_seeds_and_crop_only_with_the_same_
     assert row_a[5] == row_a[3] and signs_a == {"source": 1, "classical": 1, "crop": 1, "n": 3}
     assert row_b[3] == "-0.200" and row_b[5] == "—" and signs_b["source"] is None and signs_b["crop"] is None
     assert row_a[7] == "`raw.json`"
+
+
+def test_gpu_workers_summary_counts_ran_cells_and_only_the_samples_taken_while_its_sweep_ran():
+    from bench.gpu_workers import merge, phase_summary
+
+    def cell(status: str, seconds: float, gan: float) -> dict:
+        return {"status": status, "record": {"seconds": seconds, "stage_seconds": {"train_gan": gan, "evaluate": 5.0}}}
+    raw = {"cells": [cell("ran", 300.0, 90.0), cell("ran", 320.0, 110.0), {"status": "failed", "record": {}}]}
+    samples = [{"t": 5.0, "busy": 100.0, "memory": 9e4, "processes": [9e4]},  # before the sweep: left out
+               {"t": 10.0, "busy": 40.0, "memory": 1800.0, "processes": [900.0, 900.0]},
+               {"t": 20.0, "busy": 60.0, "memory": 950.0, "processes": [950.0]}]
+    p = phase_summary("batch", 2, 360.0, raw, samples, 10.0, 20.0)
+    assert (p["cells"], p["ran"], p["cell_s"], p["cells_per_hour"]) == (3, 2, [300.0, 320.0], 20.0)
+    assert (p["gpu_busy_mean"], p["gpu_busy_max"], p["gpu_memory_peak_mib"]) == (50.0, 60.0, 1800.0)
+    assert (p["process_memory_peak_mib"], p["gpu_processes_max"]) == (950.0, 2)
+    assert p["stage_median_s"] == {"train_gan": 100.0, "evaluate": 5.0}
+    run = {"machine": "m", "commands": ["c"], "phases": [p], "raw": {"batch": raw}, "samples": samples}
+    assert merge([run, {**run, "phases": [{**p, "phase": "single"}]}])["commands"] == ["c", "c"]
+    with pytest.raises(SystemExit, match="different machines"):
+        merge([run, {**run, "machine": "other"}])
