@@ -222,17 +222,41 @@ def _start_shared_run(tmp_path_factory, worker_id, request):
         yield
         return
 
+    folder = Path(lock.name).parent
+    then_reference = any("reference" in item.fixturenames for item in request.session.items)
+
     def make() -> None:
         try:
-            _make_shared_run(Path(lock.name).parent)
+            _make_shared_run(folder)
         except BaseException:  # `_tiny_repro_state` tries again, in a test, and shows the error there
             pass
         finally:
             lock.close()
+        if then_reference and (folder / "modes.json").exists():
+            _start_sweep_reference(tmp_path_factory, worker_id, folder)
     thread = threading.Thread(target=make, name="shared tiny run", daemon=True)
     thread.start()
     yield
     thread.join()
+
+
+def _start_sweep_reference(tmp_path_factory, worker_id, shared: Path) -> None:
+    """Then the sweep tests' reference (tests/test_sweep.py, `reference`), in the same thread, unless another
+    worker is making it: else the three workers reach its tests at about the same time and two of them wait
+    on its lock, one core idle, while the third makes it."""
+    import test_sweep
+
+    folder = _shared_folder(tmp_path_factory, worker_id, "sweep_reference")
+    with open(folder / "lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        state = TinyRepro(shared / "project", (shared / "repro.stdout").read_text())
+        try:
+            test_sweep._make_reference(folder, state, json.loads((shared / "modes.json").read_text()))
+        except BaseException:  # the `reference` fixture tries again, in a test, and shows the error there
+            pass
 
 
 @pytest.fixture(scope="session")
