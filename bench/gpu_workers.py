@@ -27,7 +27,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from bench.common import DOC, ROOT, command_line, machine, make_project, publish
+from bench.common import DOC, command_line, machine, make_project, publish
+from pipeline.sweep import raw, run_sweep
+from pipeline.sweep_exec import DaskExecutor
+from pipeline.sweep_grid import cells, grid_from_args
 
 SECTION = "gpu_workers"
 
@@ -69,16 +72,16 @@ def start_worker(port: int, workers: int) -> tuple[list[subprocess.Popen], str]:
     return procs, address
 
 
-def sweep(project: Path, name: str, seeds: str, address: str, sets: list[str], raw: Path) -> float:
-    """`ganaug sweep --executor dask` of the default cell over `seeds`; its wall seconds."""
-    cmd = [sys.executable, "-m", "pipeline", "sweep", "--repo", str(project), "--name", name, "--seeds", seeds,
-           "--executor", "dask", "--address", address, "--threads", "1", "--retries", "0", "--raw", str(raw)]
-    for s in sets:
-        cmd += ["--set", s]
+def sweep(project: Path, name: str, seeds: str, address: str, sets: list[str]) -> tuple[float, dict]:
+    """The sweep of the default cell over `seeds` on the Dask worker at `address`, run as `ganaug sweep
+    --executor dask --threads 1 --retries 0` runs it; its wall seconds and raw cells (what `--raw` writes)."""
+    executor = DaskExecutor(str(project), address, threads=1)
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True)
-    print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n", flush=True)
-    return round(time.monotonic() - started, 1)
+    try:
+        outcomes = run_sweep(project, cells(grid_from_args(name, sets, seeds, []), project), executor, tries=1)
+    finally:
+        executor.close()
+    return round(time.monotonic() - started, 1), raw(outcomes)
 
 
 def phase_summary(name: str, at_once: int, wall: float, raw: dict, samples: list[dict], t0: float, t1: float) -> dict:
@@ -100,6 +103,10 @@ def phase_summary(name: str, at_once: int, wall: float, raw: dict, samples: list
             "stage_median_s": {k: round(statistics.median(v), 1) for k, v in stages.items()}}
 
 
+def mib(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.0f}"  # None: no nvidia-smi (a CPU smoke run)
+
+
 def markdown(data: dict) -> str:
     head = ("| sweep | cells at once | cells ran | wall | seconds a cell (median, min-max) | cells an hour | "
             "GPU busy (mean / max) | GPU memory at peak (all / one process) | processes on the GPU at once |\n"
@@ -110,7 +117,7 @@ def markdown(data: dict) -> str:
         span = f"{statistics.median(s):.0f} ({s[0]:.0f}-{s[-1]:.0f})" if s else "-"
         rows.append(f"| `{p['phase']}` | {p['at_once']} | {p['ran']} of {p['cells']} | {p['wall_s']:.0f} s | {span} | "
                     f"{p['cells_per_hour']} | {p['gpu_busy_mean']}% / {p['gpu_busy_max']}% | "
-                    f"{p['gpu_memory_peak_mib']:.0f} / {p['process_memory_peak_mib']:.0f} MiB | {p['gpu_processes_max']} |")
+                    f"{mib(p['gpu_memory_peak_mib'])} / {mib(p['process_memory_peak_mib'])} MiB | {p['gpu_processes_max']} |")
     stages = sorted({k for p in data["phases"] for k in p["stage_median_s"]},
                     key=lambda k: -data["phases"][0]["stage_median_s"].get(k, 0))
     st = ("| stage | " + " | ".join(f"`{p['phase']}` median s" for p in data["phases"]) + " |\n|---|"
@@ -119,7 +126,7 @@ def markdown(data: dict) -> str:
               for k in stages[:8]))
     commands = "; then ".join(f"`{c}`" for c in data["commands"])
     return (f"## Sweep cells on a GPU worker (`bench/gpu_workers.py`)\n\n- Command: {commands}\n"
-            f"- Machine: {data['machine']}\n- The cell: params.yaml as it ships{data['sets_note']}; one Dask "
+            f"- Machine: {data['machine']}\n- The cell: params.yaml as it ships{''.join(f', `{x}`' for x in data['sets'])}; one Dask "
             f"worker of {data['workers']} processes x 1 thread; stages at 1 torch thread each\n\n"
             + head + "\n".join(rows) + "\n\nThe slowest stages (median seconds, from each cell's `sweep_cell.json`):\n\n"
             + st + "\n")
@@ -159,7 +166,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     sampler.start()
     procs, address = start_worker(a.port, a.workers)
     data = {"commands": [command_line()], "machine": machine(), "workers": a.workers, "sets": a.sets,
-            "sets_note": "".join(f", `{s}`" for s in a.sets), "phases": [], "raw": {}}
+            "phases": [], "raw": {}}
     try:
         for name, seeds, at_once in (("batch", f"1-{a.workers}", a.workers), ("single", "0", 1)):
             if name not in a.phases:
@@ -170,10 +177,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                     print(f"gpu_workers: {left:.0f} s left, the single cell skipped", flush=True)
                     break
             t0 = time.time()
-            wall = sweep(project, name, seeds, address, a.sets, work / f"{name}.json")
-            raw = json.loads((work / f"{name}.json").read_text())
-            data["raw"][name] = raw
-            data["phases"].append(phase_summary(name, at_once, wall, raw, sampler.rows, t0, time.time()))
+            wall, cells_raw = sweep(project, name, seeds, address, a.sets)
+            data["raw"][name] = cells_raw
+            data["phases"].append(phase_summary(name, at_once, wall, cells_raw, sampler.rows, t0, time.time()))
             data["samples"] = list(sampler.rows)
             publish(a.out, SECTION, markdown(data), a.raw, data)  # after each sweep: a cut run keeps what ended
     finally:

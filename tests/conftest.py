@@ -252,11 +252,16 @@ def _start_sweep_reference(tmp_path_factory, worker_id, shared: Path) -> None:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return
-        state = TinyRepro(shared / "project", (shared / "repro.stdout").read_text())
         try:
-            test_sweep._make_reference(folder, state, json.loads((shared / "modes.json").read_text()))
+            test_sweep._make_reference(folder, *_shared_state(shared))
         except BaseException:  # the `reference` fixture tries again, in a test, and shows the error there
             pass
+
+
+def _shared_state(folder: Path) -> tuple[TinyRepro, dict[str, int]]:
+    """The finished shared run in `folder` and its files' original modes."""
+    return (TinyRepro(folder / "project", (folder / "repro.stdout").read_text()),
+            json.loads((folder / "modes.json").read_text()))
 
 
 @pytest.fixture(scope="session")
@@ -267,9 +272,9 @@ def _tiny_repro_state(tmp_path_factory, worker_id):
     with open(folder / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this worker dies
         _make_shared_run(folder)
-    project, modes = folder / "project", json.loads((folder / "modes.json").read_text())
-    yield TinyRepro(project, (folder / "repro.stdout").read_text()), modes
-    _restore_modes(project, modes)  # so that pytest can remove it later (the other worker only reads it)
+    shared, modes = _shared_state(folder)
+    yield shared, modes
+    _restore_modes(shared.project, modes)  # so that pytest can remove it later (the other worker only reads it)
 
 
 @pytest.fixture
