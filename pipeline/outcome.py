@@ -34,14 +34,23 @@ class StageSnapshot:
     outs: tuple[tuple[str, Optional[tuple[int, int]]], ...]  # (path, (inode, mtime_ns)); None when absent
 
 
-def read_lock(root: Path) -> dict:
-    """The stages of `root/dvc.lock` ({} when there is none), read while holding DVC's repo lock."""
+def lock_text(root: Path) -> str:
+    """`root/dvc.lock` ("" when there is none), read while holding DVC's repo lock (never half-written)."""
     from dvc.lock import Lock
 
     path = root / LOCK_FILE
     with Lock(str(root / DVC_REPO_LOCK), wait=True):
-        text = path.read_text(encoding="utf-8") if path.is_file() else ""
+        return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
+def lock_stages(text: str) -> dict:
+    """The stages of a dvc.lock's text, by name."""
     return (yaml.load(text, Loader=_SAFE_LOADER) or {}).get("stages") or {}
+
+
+def read_lock(root: Path) -> dict:
+    """The stages of `root/dvc.lock` ({} when there is none), read while holding DVC's repo lock."""
+    return lock_stages(lock_text(root))
 
 
 def _stat(path: Path) -> Optional[tuple[int, int]]:

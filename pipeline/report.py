@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-import pandas as pd
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from pipeline.models import RunSummary
@@ -39,6 +38,8 @@ def synthetic_counts(root: Path) -> Optional[dict[str, int]]:
     path = root / MANIFEST
     if not path.is_file():
         return None
+    import pandas as pd  # here: a flow run of a project without the files never pays for the import
+
     counts = pd.read_parquet(path, columns=["origin"])["origin"].value_counts()
     return {"real": int(counts.get("real", 0)), "synthetic": int(counts.get("synthetic", 0))}
 
@@ -48,6 +49,8 @@ def per_class_f1(root: Path) -> Optional[list[dict[str, Any]]]:
     path = root / PER_CLASS_CSV
     if not path.is_file():
         return None
+    import pandas as pd
+
     df = pd.read_csv(path, dtype={"class": str})
     wide = df.pivot(index="class", columns="variant", values="f1")
     variants = list(df["variant"].drop_duplicates())

@@ -10,9 +10,11 @@
   on DVC's per-output lock with "is busy".)
 * A run with overrides runs in its own `git worktree` of HEAD, plus the
   workspace's uncommitted changes to tracked files (what `dvc exp run --temp`
-  would take), with DVC's cache pointed at the project's cache, so stages
-  whose inputs did not change are restored from DVC's run cache, and
-  concurrent experiment runs cannot touch each other or the workspace. The
+  would take) and its `dvc.lock` and outputs (`pipeline/reuse.py`), with
+  DVC's cache pointed at the project's cache: stages whose inputs did not
+  change are found unchanged and skipped, or else restored from DVC's run
+  cache, and concurrent experiment runs cannot touch each other or the
+  workspace. The
   overrides are written to that worktree's params.yaml only; at the end
   `dvc exp save` records the result as a DVC experiment (the worktree shares
   git refs with the project, so `dvc exp show` in the project lists it) and the
@@ -32,6 +34,8 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 from pipeline.dvc_cli import CommandError, run_dvc, run_git
 from pipeline.overrides import PARAMS_FILE, write_overrides
+from pipeline.outcome import read_lock
+from pipeline.reuse import reuse_outputs
 
 LOCK_FILE = Path(".dvc/tmp/ganaug-flow.lock")
 EXP_SAVE_LOCK_FILE = Path(".dvc/tmp/ganaug-exp-save.lock")
@@ -122,6 +126,9 @@ def experiment_workspace(project: Path, overrides: Mapping[str, Any],
         copied = copy_uncommitted(project, root)
         if copied:
             log(f"experiment workspace includes uncommitted changes to: {', '.join(copied)}")
+        reused = reuse_outputs(project, root)
+        if reused:
+            log(f"experiment workspace starts from the workspace's dvc.lock and {len(reused)} of its outputs")
         cache_dir = run_dvc(project, "cache", "dir").strip().splitlines()[-1]
         write_local_config(root, {"cache": {"dir": cache_dir}, "core": {"site_cache_dir": str(tmp / "dvc-site-cache")}})
         if overrides:
@@ -167,10 +174,13 @@ def save_experiment(ws: Workspace, name: Optional[str], log: Callable[[str], Non
 
     Saves are serialised per project: `dvc exp save` in two worktrees of one
     repository at the same moment can fail (they share git's experiment refs).
+    `dvc repro` has already committed every stage's outputs to DVC's cache and
+    written them to dvc.lock; without a target `dvc exp save` commits every
+    stage again, rewriting dvc.lock once per stage, so it is given one.
     """
     status = run_git(ws.root, "status", "--porcelain", "-z", "--untracked-files=all")
     untracked = [entry[3:] for entry in status.split("\0") if entry.startswith("?? ")]
-    args = ["exp", "save", *(["--name", name] if name else [])]
+    args = ["exp", "save", *(["--name", name] if name else []), *first_locked_stage(ws.root)]
     for path in untracked:
         args += ["--include-untracked", path]
     with file_lock(ws.project / EXP_SAVE_LOCK_FILE, log, "another run's `dvc exp save`"):
@@ -181,6 +191,11 @@ def save_experiment(ws: Workspace, name: Optional[str], log: Callable[[str], Non
     if not match:
         raise CommandError(f"dvc exp save did not say which experiment it saved: {out.strip()}")
     return match.group(1)
+
+
+def first_locked_stage(root: Path) -> list[str]:
+    """The first stage `root/dvc.lock` lists, as a one-item list; empty when there is no lock."""
+    return list(read_lock(root))[:1]
 
 
 def experiment_exists(project: Path, name: str) -> bool:

@@ -77,7 +77,7 @@ def test_run_runs_everything_then_an_override_is_an_experiment_that_skips_what_i
 
     params = (repo / "params.yaml").read_bytes()
     # --repo defaults to the current directory; finetune.steps is read by the finetune stages only, so the
-    # experiment restores prepare from DVC's run cache (evaluate's metrics are not run-cached: it runs)
+    # experiment finds prepare up to date (the workspace's output, pipeline/reuse.py) and evaluate runs after them
     second = ganaug("run", "--set", "finetune.steps=7", "--exp-name", "seven-steps", api_url=api_url, cwd=repo)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "saved as DVC experiment 'seven-steps'" in second.stdout

@@ -482,11 +482,11 @@ def dvc_api_edges(project: Path) -> set[tuple[str, str]]:
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # from DVC's Python API in dvc_api_edges
 def test_real_pipeline_override_runs_as_an_experiment_in_dag_order_and_is_reported(tiny_repro_copy, api_url):
     # The real pipeline after a full run (a copy of the session's shared run). An override runs as a DVC
-    # experiment: the workspace's params.yaml and outputs stay as they were, and the training stages are
-    # restored from DVC's run cache, not retrained. (DVC keeps no run cache for a stage with a `cache: false`
-    # out, e.g. synthesize's plots/samples.png: such a stage runs again.) Stages found up to date, and a
-    # first run of every stage, are classified on the stand-in DAG above; the real stages' first run is the
-    # shared run itself.
+    # experiment: the workspace's params.yaml and outputs stay as they were. The experiment workspace starts
+    # from the workspace's dvc.lock and outputs (pipeline/reuse.py), so the stages the override does not reach
+    # are found up to date: neither retrained nor restored one by one from DVC's run cache. Restoring from
+    # the run cache, and a first run of every stage, are classified on the stand-in DAG above; the real
+    # stages' first run is the shared run itself.
     project = tiny_repro_copy
     edges = dvc_api_edges(project)
     params_before = (project / "params.yaml").read_bytes()
@@ -503,8 +503,8 @@ def test_real_pipeline_override_runs_as_an_experiment_in_dag_order_and_is_report
     assert eventually(lambda: set(task_runs_of(run_id)) == set(order))
     assert exp.experiment == "eval-100"
     assert "evaluate" in exp.ran
-    restored = {r.stage for r in exp.stages if r.detail == "restored from run cache"}
-    assert {"prepare", "pretrain", "train_gan"} | {s for s in order if s.startswith("finetune@")} <= restored
+    up_to_date = {r.stage for r in exp.stages if r.detail == "up to date"}
+    assert {"prepare", "pretrain", "train_gan", "synthesize"} | {s for s in order if s.startswith("finetune@")} <= up_to_date
     assert (project / "params.yaml").read_bytes() == params_before
     assert (project / "metrics/eval.json").read_bytes() == metrics_before
     assert git(project, "status", "--porcelain", "params.yaml") == ""

@@ -2,7 +2,7 @@
 metrics from local processes, a Dask cluster of 2 worker processes and a Prefect process pool with 2 workers.
 
 The pipeline tests sweep a 2 x 2 grid of late-stage params on copies of the shared tiny run, so each cell
-restores the early stages from DVC's run cache: `finetune.synth_weight` 0 or 1 (at 0 every stream variant
+finds the early stages up to date (it starts from the workspace's outputs, pipeline/reuse.py): `finetune.synth_weight` 0 or 1 (at 0 every stream variant
 is the real-only model, bit for bit) x `eval.batch_size` 256 or 512 (predictions do not depend on it).
 Every process (the sweep, its cells, the Dask and Prefect workers) starts from the fork server's client
 (conftest.forked_python), so the cells' `dvc` commands and stages are forked, as in the other pipeline tests.
@@ -22,9 +22,12 @@ import pytest
 import yaml
 
 from conftest import DVC, ROOT, _restore_modes, _shared_folder, forked_python, pipeline_env, run
+from pipeline.outcome import read_lock
+from pipeline.reuse import declared_patterns, locked_outputs, uncached_patterns
 from pipeline.stats import mean_ci
 from pipeline.sweep import Outcome, table
 from pipeline.sweep_grid import SEEDED, Cell, grid_from_args, grid_from_file, cells
+from pipeline.workspace import head_experiments
 from test_pipeline_flow import eventually
 from test_prefect_production import stop
 
@@ -110,6 +113,49 @@ def test_the_table_pairs_the_seeds_of_each_cell():
     assert "| b | 1 | 0.500 | -0.100 |" in text  # one seed: no interval
 
 
+# --- a cell starts from the workspace (pipeline/reuse.py) ---------------------------------------------------
+
+def test_the_shipped_dvc_yaml_marks_its_plots_and_metrics_uncached_and_nothing_else():
+    patterns = uncached_patterns(yaml.safe_load((ROOT / "dvc.yaml").read_text()))
+    def uncached(path: str) -> bool:
+        return any(p.match(path) for p in patterns)
+    assert all(uncached(p) for p in ("metrics/eval.json", "dvclive/finetune/gan_source/plots/metrics",
+                                      "plots/confusion_gan.png", "reports/eval.md"))
+    assert not any(uncached(p) for p in ("models/finetune/gan.pt", "data/augmented", "data/streams/gan",
+                                          "build/code", "models/gan.pt", "plots/samples.png", "metrics"))
+    # a foreach stage's `${key}` stands for one path part; a persisted output (none ships) is found alike
+    other = yaml.safe_load("stages:\n  s:\n    foreach: [a, b]\n    do:\n      cmd: x\n      outs:\n"
+                           "        - ck/${key}/state:\n            persist: true\n        - m/${key}.json\n")
+    persisted = declared_patterns(other, "persist", True)
+    assert [bool(p.match(path)) for p in persisted for path in ("ck/a/state", "ck/a/b/state", "m/a.json")] == \
+        [True, False, False] and uncached_patterns(other) == []
+
+
+@pytest.mark.heavy
+def test_a_cell_reuses_the_workspaces_outputs_and_commits_no_cached_output_to_git(tiny_repro_copy):
+    project = tiny_repro_copy
+    ignore = project / "models/.gitignore"  # models/gan.pt loses its entry: it is left to DVC ...
+    ignore.write_text(ignore.read_text().replace("/gan.pt\n", ""))
+    (project / "models/classifier.pt").write_bytes(b"not the locked model")  # ... and this no longer matches
+    proc = ganaug(project, "sweep", "--name", "r", "--set", "eval.batch_size=300")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ref = next(iter(head_experiments(project).values()))
+    ran = set(json.loads(run(["git", "show", f"{ref}:sweep_cell.json"], project).stdout)["stage_seconds"])
+    assert "evaluate" in ran and not {"prepare", "pretrain", "train_gan", "synthesize", "finetune@baseline"} & ran
+    # both outputs came back from DVC's cache, which wrote gan.pt's entry again; no cached output is in git
+    committed = run(["git", "ls-tree", "-r", "--name-only", ref], project).stdout.split()
+    patterns = uncached_patterns(yaml.safe_load((project / "dvc.yaml").read_text()))
+    cached = [p for p in locked_outputs(read_lock(project)) if not any(pat.match(p) for pat in patterns)]
+    assert {"models/gan.pt", "data/augmented", "build/code"} <= set(cached)
+    assert not [f for f in committed for p in cached if f == p or f.startswith(p + "/")]
+    assert "/gan.pt" in run(["git", "show", f"{ref}:models/.gitignore"], project).stdout.split()
+    # eval.batch_size changes no prediction: the workspace's metrics, every variant
+    ours = json.loads(run(["git", "show", f"{ref}:metrics/eval.json"], project).stdout)
+    theirs = json.loads((project / "metrics/eval.json").read_text())
+    variants = [v for v in theirs if isinstance(theirs[v], dict) and "macro_f1" in theirs[v]]
+    assert len(variants) >= 5 and all(ours[v] == theirs[v] for v in variants)
+
+
 # --- running it: local processes, resumed after a kill (the reference: cells one by one) -----------------
 
 def _make_reference(folder: Path, shared, modes) -> None:
@@ -180,7 +226,7 @@ def test_dvc_exp_show_lists_every_cell_with_its_params_and_metrics(reference, tm
 # --- elsewhere: a Dask cluster, a Prefect work pool -------------------------------------------------------
 # Each sweeps a copy of the reference project after `dvc exp remove` of its cells (how a sweep is cleaned
 # up): the cells run again, end to end, and DVC restores the stages the reference ran from its run cache,
-# as a shared cache would on a cluster, so these tests cost a few seconds a cell. That a pipeline gives
+# as a shared cache would on a cluster (the others are up to date), so these tests cost a few seconds a cell. That a pipeline gives
 # the same bytes in another process is tests/test_reproducible.py's.
 
 @pytest.fixture
