@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
+import yaml
+
 from pipeline.dvc_cli import CommandError, run_dvc, run_git
 from pipeline.overrides import PARAMS_FILE, write_overrides
 from pipeline.outcome import read_lock
@@ -194,8 +196,14 @@ def save_experiment(ws: Workspace, name: Optional[str], log: Callable[[str], Non
 
 
 def first_locked_stage(root: Path) -> list[str]:
-    """The first stage `root/dvc.lock` lists, as a one-item list; empty when there is no lock."""
-    return list(read_lock(root))[:1]
+    """The first stage of `root/dvc.lock` that `root/dvc.yaml` defines as a plain stage (a lock keeps the
+    entries of stages since removed from dvc.yaml), as a one-item list; empty when there is none."""
+    try:
+        defined = (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    plain = {name for name, body in defined.items() if isinstance(body, dict) and not {"foreach", "matrix"} & set(body)}
+    return [name for name in read_lock(root) if name in plain][:1]
 
 
 def experiment_exists(project: Path, name: str) -> bool:

@@ -23,11 +23,11 @@ import yaml
 
 from conftest import DVC, ROOT, _restore_modes, _shared_folder, forked_python, pipeline_env, run
 from pipeline.outcome import read_lock
-from pipeline.reuse import declared_patterns, locked_outputs, uncached_patterns
+from pipeline.reuse import CACHED, PERSISTED, UNCACHED, declared_outputs, ignored_by_git, kind, locked_outputs
 from pipeline.stats import mean_ci
 from pipeline.sweep import Outcome, table
 from pipeline.sweep_grid import SEEDED, Cell, grid_from_args, grid_from_file, cells
-from pipeline.workspace import head_experiments
+from pipeline.workspace import first_locked_stage, head_experiments
 from test_pipeline_flow import eventually
 from test_prefect_production import stop
 
@@ -115,20 +115,39 @@ def test_the_table_pairs_the_seeds_of_each_cell():
 
 # --- a cell starts from the workspace (pipeline/reuse.py) ---------------------------------------------------
 
-def test_the_shipped_dvc_yaml_marks_its_plots_and_metrics_uncached_and_nothing_else():
-    patterns = uncached_patterns(yaml.safe_load((ROOT / "dvc.yaml").read_text()))
-    def uncached(path: str) -> bool:
-        return any(p.match(path) for p in patterns)
-    assert all(uncached(p) for p in ("metrics/eval.json", "dvclive/finetune/gan_source/plots/metrics",
-                                      "plots/confusion_gan.png", "reports/eval.md"))
-    assert not any(uncached(p) for p in ("models/finetune/gan.pt", "data/augmented", "data/streams/gan",
-                                          "build/code", "models/gan.pt", "plots/samples.png", "metrics"))
-    # a foreach stage's `${key}` stands for one path part; a persisted output (none ships) is found alike
-    other = yaml.safe_load("stages:\n  s:\n    foreach: [a, b]\n    do:\n      cmd: x\n      outs:\n"
-                           "        - ck/${key}/state:\n            persist: true\n        - m/${key}.json\n")
-    persisted = declared_patterns(other, "persist", True)
-    assert [bool(p.match(path)) for p in persisted for path in ("ck/a/state", "ck/a/b/state", "m/a.json")] == \
-        [True, False, False] and uncached_patterns(other) == []
+def test_outputs_are_classed_by_their_own_stages_declaration_in_the_shipped_dvc_yaml_and_others():
+    declared = declared_outputs(yaml.safe_load((ROOT / "dvc.yaml").read_text()))
+    assert [kind(declared, stage, path) for stage, path in (
+        ("evaluate", "metrics/eval.json"), ("distill@gan_source", "dvclive/finetune/gan_source/plots/metrics"),
+        ("evaluate", "plots/confusion_gan.png"), ("evaluate", "reports/eval.md"))] == [UNCACHED] * 4
+    assert [kind(declared, stage, path) for stage, path in (
+        ("distill@gan", "models/finetune/gan.pt"), ("concat", "data/augmented"), ("distill@gan", "data/streams/gan"),
+        ("code", "build/code"), ("train_gan", "models/gan.pt"), ("synthesize", "plots/samples.png"),
+        ("evaluate", "metrics"), ("gone", "metrics/eval.json"))] == [CACHED] * 8
+    # a stage's `${...}` stands for any text, but only for its own outputs: another stage's cached file
+    # under the same folder stays cached; a persisted output is never reused
+    other = declared_outputs(yaml.safe_load(
+        "stages:\n  r:\n    foreach: [a, b]\n    do:\n      cmd: x\n      outs:\n        - reports/${key}.md:\n"
+        "            cache: false\n        - ck/${key}/state:\n            persist: true\n"
+        "  s:\n    cmd: y\n    outs: [reports/summary.md]\n"))
+    assert [kind(other, stage, path) for stage, path in (("r@a", "reports/a.md"), ("s", "reports/summary.md"),
+                                                         ("r@b", "ck/out/deep/state"))] == [UNCACHED, CACHED, PERSISTED]
+
+
+def test_git_finds_ignored_outputs_whatever_their_names(tmp_path):
+    run(["git", "init", "-q"], tmp_path, env=os.environ.copy())
+    names = ['a"b.pt', "c\\d.pt", "é.pt", "tab\tx.pt", "kept.pt"]
+    (tmp_path / ".gitignore").write_text("".join("/" + n.replace("\\", "\\\\") + "\n" for n in names[:4]))
+    assert ignored_by_git(tmp_path, names) == set(names[:4])
+
+
+def test_exp_save_is_given_a_plain_stage_that_dvc_yaml_still_defines(tmp_path):
+    (tmp_path / ".dvc" / "tmp").mkdir(parents=True)
+    (tmp_path / "dvc.yaml").write_text("stages:\n  f:\n    foreach: [a]\n    do: {cmd: x}\n  prep: {cmd: y}\n")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  removed: {cmd: z}\n  f@a: {cmd: x}\n  prep: {cmd: y}\n")
+    assert first_locked_stage(tmp_path) == ["prep"]
+    (tmp_path / "dvc.lock").unlink()
+    assert first_locked_stage(tmp_path) == []
 
 
 @pytest.mark.heavy
@@ -144,8 +163,8 @@ def test_a_cell_reuses_the_workspaces_outputs_and_commits_no_cached_output_to_gi
     assert "evaluate" in ran and not {"prepare", "pretrain", "train_gan", "synthesize", "finetune@baseline"} & ran
     # both outputs came back from DVC's cache, which wrote gan.pt's entry again; no cached output is in git
     committed = run(["git", "ls-tree", "-r", "--name-only", ref], project).stdout.split()
-    patterns = uncached_patterns(yaml.safe_load((project / "dvc.yaml").read_text()))
-    cached = [p for p in locked_outputs(read_lock(project)) if not any(pat.match(p) for pat in patterns)]
+    declared = declared_outputs(yaml.safe_load((project / "dvc.yaml").read_text()))
+    cached = [p for stage, p in locked_outputs(read_lock(project)) if kind(declared, stage, p) == CACHED]
     assert {"models/gan.pt", "data/augmented", "build/code"} <= set(cached)
     assert not [f for f in committed for p in cached if f == p or f.startswith(p + "/")]
     assert "/gan.pt" in run(["git", "show", f"{ref}:models/.gitignore"], project).stdout.split()
