@@ -43,6 +43,11 @@ def lock_text(root: Path) -> str:
         return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
+def read_dvc_yaml(root: Path) -> dict:
+    """`root/dvc.yaml` as written (a foreach stage once); OSError or yaml.YAMLError when it cannot be read."""
+    return yaml.load((root / "dvc.yaml").read_text(encoding="utf-8"), Loader=_SAFE_LOADER) or {}
+
+
 def lock_stages(text: str) -> dict:
     """The stages of a dvc.lock's text, by name."""
     return (yaml.load(text, Loader=_SAFE_LOADER) or {}).get("stages") or {}

@@ -29,7 +29,7 @@ from typing import Iterator
 import yaml
 
 from pipeline.dvc_cli import command_env
-from pipeline.outcome import LOCK_FILE, lock_stages, lock_text
+from pipeline.outcome import LOCK_FILE, lock_stages, lock_text, read_dvc_yaml
 
 _TEMPLATE = re.compile(r"\\\$\\\{[^}]*\\\}")  # an escaped `${...}` of a foreach stage's path
 
@@ -104,7 +104,7 @@ def reuse_outputs(project: Path, root: Path) -> list[str]:
     try:
         text = lock_text(project)
         stages = lock_stages(text)
-        declared = declared_outputs(yaml.safe_load((root / "dvc.yaml").read_text()) or {})
+        declared = declared_outputs(read_dvc_yaml(root))
     except (OSError, yaml.YAMLError):  # an unreadable lock or dvc.yaml: DVC restores as usual
         return []
     if not stages:

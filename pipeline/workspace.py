@@ -36,7 +36,7 @@ import yaml
 
 from pipeline.dvc_cli import CommandError, run_dvc, run_git
 from pipeline.overrides import PARAMS_FILE, write_overrides
-from pipeline.outcome import read_lock
+from pipeline.outcome import read_dvc_yaml, read_lock
 from pipeline.reuse import reuse_outputs
 
 LOCK_FILE = Path(".dvc/tmp/ganaug-flow.lock")
@@ -199,7 +199,7 @@ def first_locked_stage(root: Path) -> list[str]:
     """The first stage of `root/dvc.lock` that `root/dvc.yaml` defines as a plain stage (a lock keeps the
     entries of stages since removed from dvc.yaml), as a one-item list; empty when there is none."""
     try:
-        defined = (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages") or {}
+        defined = read_dvc_yaml(root).get("stages") or {}
     except (OSError, yaml.YAMLError):
         return []
     plain = {name for name, body in defined.items() if isinstance(body, dict) and not {"foreach", "matrix"} & set(body)}
