@@ -2,8 +2,11 @@
 metrics from local processes, a Dask cluster of 2 worker processes and a Prefect process pool with 2 workers.
 
 The pipeline tests sweep a 2 x 2 grid of late-stage params on copies of the shared tiny run, so each cell
-finds the early stages up to date (it starts from the workspace's outputs, pipeline/reuse.py): `finetune.synth_weight` 0 or 1 (at 0 every stream variant
-is the real-only model, bit for bit) x `eval.batch_size` 256 or 512 (predictions do not depend on it).
+finds the early stages up to date (it starts from the workspace's outputs, pipeline/reuse.py): `finetune.synth_weight`
+0 or 1 (at 0 every stream variant is the real-only model, bit for bit) x `finetune.temperature` 2.0 or 3.0. Both are
+read by the distill stages alone, so a cell runs those three and what reads their outputs (concat, evaluate), and the
+cell with the workspace's own values (1, 2.0) runs nothing. (A grid over `eval.batch_size` would also rerun restore
+and gan_metrics in every cell.)
 Every process (the sweep, its cells, the Dask and Prefect workers) starts from the fork server's client
 (conftest.forked_python), so the cells' `dvc` commands and stages are forked, as in the other pipeline tests.
 """
@@ -31,9 +34,9 @@ from pipeline.workspace import first_locked_stage, head_experiments
 from test_pipeline_flow import eventually
 from test_prefect_production import stop
 
-GRID = ["--name", "t", "--set", "finetune.synth_weight=0,1", "--set", "eval.batch_size=256,512"]
-NAMES = {"t-synth_weight0-batch_size256", "t-synth_weight0-batch_size512", "t-synth_weight1-batch_size256",
-         "t-synth_weight1-batch_size512"}
+GRID = ["--name", "t", "--set", "finetune.synth_weight=0,1", "--set", "finetune.temperature=2.0,3.0"]
+NAMES = {"t-synth_weight0-temperature2.0", "t-synth_weight0-temperature3.0", "t-synth_weight1-temperature2.0",
+         "t-synth_weight1-temperature3.0"}
 
 
 def python(*args: str) -> list[str]:
@@ -221,9 +224,15 @@ def test_a_killed_sweep_resumes_with_only_its_unfinished_cells(reference):
     assert ran == NAMES - before and exp_names(project) == NAMES
     # the table: at weight 0 every stream variant is the real-only model, so its deltas are exactly 0
     m = metrics_of(raw_file)
-    for name in ("t-synth_weight0-batch_size256", "t-synth_weight0-batch_size512"):
+    for name in ("t-synth_weight0-temperature2.0", "t-synth_weight0-temperature3.0"):
         assert all(m[name][v]["macro_f1"] == m[name]["baseline"]["macro_f1"] for v in ("gan", "source", "gan_source"))
-    assert "| t-synth_weight0-batch_size256 | 1 |" in out and "+0.000 |" in out
+    assert m["t-synth_weight0-temperature2.0"] == m["t-synth_weight0-temperature3.0"]  # nothing to weigh at 0
+    # a cell runs the stages that read what it changes, and those downstream of them; none at the workspace's values
+    ran_stages_of = {c["name"]: set(c["record"]["stage_seconds"]) for c in json.loads(raw_file.read_text())["cells"]}
+    assert ran_stages_of.pop("t-synth_weight1-temperature2.0") == set()
+    assert all(s <= {"distill@gan", "distill@source", "distill@gan_source", "concat", "evaluate"}
+               for s in ran_stages_of.values()) and "evaluate" in set.union(*ran_stages_of.values())
+    assert "| t-synth_weight0-temperature2.0 | 1 |" in out and "+0.000 |" in out
 
 
 @pytest.mark.heavy
@@ -237,7 +246,7 @@ def test_dvc_exp_show_lists_every_cell_with_its_params_and_metrics(reference, tm
     for name, data in exps.items():
         params = data["params"]["params.yaml"]["data"]
         assert params["finetune"]["synth_weight"] == int(name.split("synth_weight")[1][0])
-        assert params["eval"]["batch_size"] == int(name.rsplit("batch_size", 1)[1])
+        assert params["finetune"]["temperature"] == float(name.rsplit("temperature", 1)[1])
         assert data["metrics"]["metrics/eval.json"]["data"]["baseline"]["macro_f1"] == \
             metrics_of(raw_file)[name]["baseline"]["macro_f1"]
 
@@ -313,4 +322,4 @@ def test_a_prefect_process_pool_with_two_workers_gives_the_same_metrics(referenc
         def artifact(key: str):
             return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))[-1]
         assert artifact("ganaug-sweep-t").data == 100.0
-        assert "| t-synth_weight0-batch_size256 | 1 |" in artifact("ganaug-sweep-t-table").data
+        assert "| t-synth_weight0-temperature2.0 | 1 |" in artifact("ganaug-sweep-t-table").data
