@@ -14,8 +14,7 @@
   DVC's cache pointed at the project's cache: stages whose inputs did not
   change are found unchanged and skipped, or else restored from DVC's run
   cache, and concurrent experiment runs cannot touch each other or the
-  workspace. The
-  overrides are written to that worktree's params.yaml only; at the end
+  workspace. The overrides are written to that worktree's params.yaml only; at the end
   `dvc exp save` records the result as a DVC experiment (the worktree shares
   git refs with the project, so `dvc exp show` in the project lists it) and the
   worktree is removed. Saves are serialised by `.dvc/tmp/ganaug-exp-save.lock`.

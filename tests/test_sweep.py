@@ -2,11 +2,11 @@
 metrics from local processes, a Dask cluster of 2 worker processes and a Prefect process pool with 2 workers.
 
 The pipeline tests sweep a 2 x 2 grid of late-stage params on copies of the shared tiny run, so each cell
-finds the early stages up to date (it starts from the workspace's outputs, pipeline/reuse.py): `finetune.synth_weight`
-0 or 1 (at 0 every stream variant is the real-only model, bit for bit) x `finetune.temperature` 2.0 or 3.0. Both are
-read by the distill stages alone, so a cell runs those three and what reads their outputs (concat, evaluate), and the
-cell with the workspace's own values (1, 2.0) runs nothing. (A grid over `eval.batch_size` would also rerun restore
-and gan_metrics in every cell.)
+finds the early stages up to date (it starts from the workspace's outputs, pipeline/reuse.py):
+`finetune.synth_weight` 0 or 1 (at 0 every stream variant is the real-only model, bit for bit) x
+`finetune.temperature` 2.0 or 3.0. Both are read by the distill stages alone, so a cell runs those three and
+what reads their outputs (concat, evaluate), and the cell with the workspace's own values (1, 2.0) runs
+nothing. (A grid over `eval.batch_size` would also rerun restore and gan_metrics in every cell.)
 Every process (the sweep, its cells, the Dask and Prefect workers) starts from the fork server's client
 (conftest.forked_python), so the cells' `dvc` commands and stages are forked, as in the other pipeline tests.
 """
@@ -254,8 +254,8 @@ def test_dvc_exp_show_lists_every_cell_with_its_params_and_metrics(reference, tm
 # --- elsewhere: a Dask cluster, a Prefect work pool -------------------------------------------------------
 # Each sweeps a copy of the reference project after `dvc exp remove` of its cells (how a sweep is cleaned
 # up): the cells run again, end to end, and DVC restores the stages the reference ran from its run cache,
-# as a shared cache would on a cluster (the others are up to date), so these tests cost a few seconds a cell. That a pipeline gives
-# the same bytes in another process is tests/test_reproducible.py's.
+# as a shared cache would on a cluster (the others are up to date), so these tests cost a few seconds a
+# cell. That a pipeline gives the same bytes in another process is tests/test_reproducible.py's.
 
 @pytest.fixture
 def swept_copy(reference, tmp_path) -> Path:
