@@ -23,6 +23,7 @@ rounds of images per second.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import shutil
@@ -101,8 +102,13 @@ def reference_nets(cfg: GanConfig, target: int) -> tuple[RefGenerator, RefDiscri
     def build(w: int):
         return (RefGenerator(cfg.z_dim, cfg.n_classes, w, cfg.image_size, cfg.channels),
                 RefDiscriminator(cfg.n_classes, w, cfg.image_size, cfg.channels))
+
+    def count(w: int) -> int:  # grows with the width, so a binary search finds the closest
+        return n_params(*build(w))
+    widths = range(2, 513)
     with torch.device("meta"):  # shapes only: no memory, no initialisation
-        width = min(range(2, 513), key=lambda w: abs(n_params(*build(w)) - target))
+        i = bisect.bisect_left(widths, target, key=count)
+        width = min(widths[max(i - 1, 0): i + 1], key=lambda w: abs(count(w) - target))
     torch.manual_seed(0)
     return build(width)
 

@@ -14,9 +14,10 @@ import subprocess
 import sys
 import threading
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 STDERR_TAIL_LINES = 40
 
@@ -157,9 +158,34 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+_deferring = 0  # how many `sigterm_deferred` blocks are running
+_deferred: list[int] = []  # the SIGTERM that arrived in one, acted on when the outermost ends
+
+
+@contextmanager
+def sigterm_deferred() -> Iterator[None]:
+    """A block that a SIGTERM must not cut short (removing an experiment's worktree): with the handler of
+    `terminate_children_on_sigterm` installed, a SIGTERM that arrives in it acts when the block ends."""
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        if not _deferring and _deferred:
+            signum = _deferred.pop()
+            _deferred.clear()
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                handler(signum, None)
+
+
 def terminate_children_on_sigterm() -> None:
     """In the flow's process: on SIGTERM (how Prefect cancels a flow run a worker started, and how a
-    process is usually stopped) kill every running command's process group, then exit as SIGTERM would."""
+    process is usually stopped) kill every running command's process group, then hand over to the handler
+    that was there (Prefect's records the run as cancelled or crashed), or else exit with status 143, as
+    `SystemExit` so that `finally` blocks and context managers run first (an experiment's worktree is
+    removed, file locks are released). Inside `sigterm_deferred`, all of that waits for the block's end."""
     if threading.current_thread() is not threading.main_thread():
         return
     previous = signal.getsignal(signal.SIGTERM)
@@ -167,12 +193,14 @@ def terminate_children_on_sigterm() -> None:
         return
 
     def handler(signum, frame) -> None:
+        if _deferring:
+            _deferred.append(signum)
+            return
         kill_children()
         if callable(previous):  # e.g. Prefect's own, which records the run as cancelled or crashed
             previous(signum, frame)
         else:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+            raise SystemExit(128 + signum)
 
     handler._ganaug = True  # type: ignore[attr-defined]
     signal.signal(signal.SIGTERM, handler)

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 import yaml
 
-from pipeline.dvc_cli import CommandError, run_dvc, run_git
+from pipeline.dvc_cli import CommandError, run_dvc, run_git, sigterm_deferred
 from pipeline.overrides import PARAMS_FILE, write_overrides
 from pipeline.outcome import read_dvc_yaml, read_lock
 from pipeline.reuse import reuse_outputs
@@ -118,12 +118,15 @@ def experiment_workspace(project: Path, overrides: Mapping[str, Any],
     """A temporary git worktree of the project, sharing its DVC cache, with `overrides` applied."""
     tmp = Path(tempfile.mkdtemp(prefix="ganaug-exp-"))
     root = tmp / tmp.name  # a unique basename: git names the worktree's admin dir after it
+    added = False
     try:
-        run_git(project, "worktree", "add", "--detach", str(root), "HEAD")
-    except CommandError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise WorkspaceError(f"{project}: cannot create an experiment workspace (is there a commit?): {exc}") from None
-    try:
+        with sigterm_deferred():  # a SIGTERM now acts once git has added the worktree, and `finally` removes it
+            try:
+                run_git(project, "worktree", "add", "--detach", str(root), "HEAD")
+            except CommandError as exc:
+                raise WorkspaceError(f"{project}: cannot create an experiment workspace (is there a commit?): "
+                                     f"{exc}") from None
+            added = True
         copied = copy_uncommitted(project, root)
         if copied:
             log(f"experiment workspace includes uncommitted changes to: {', '.join(copied)}")
@@ -137,8 +140,10 @@ def experiment_workspace(project: Path, overrides: Mapping[str, Any],
         log(f"experiment workspace {root} (HEAD of {project}, DVC cache {cache_dir})")
         yield Workspace(project=project, root=root, is_experiment=True)
     finally:
-        remove_worktree(project, root)
-        shutil.rmtree(tmp, ignore_errors=True)
+        with sigterm_deferred():  # a run stopped now (a sweep killed as its cell ends) still removes it
+            if added:
+                remove_worktree(project, root)
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_local_config(root: Path, sections: Mapping[str, Mapping[str, str]]) -> None:

@@ -83,7 +83,8 @@ TINY_PARAMS = {
     "gan": {"z_dim": 16, "g_width": 16, "d_width": 16, "steps": 20, "batch_size": 16, "checkpoint_every": 10, "ema_start": 5},
     "synth": {"per_class": 4},
     # checkpoint_every < steps: checkpoints are written, then removed when training ends (tests/test_reproducible.py)
-    "finetune": {"steps": 15, "batch_size": 16, "checkpoint_every": 5},
+    # source_images < the 901 source digits: the stream's seeded subset, and a published dataset of ~100 files
+    "finetune": {"steps": 15, "batch_size": 16, "checkpoint_every": 5, "source_images": 60},
     "restore": {"width": 8, "steps": 12, "adapt_steps": 4, "batch_size": 16, "checkpoint_every": 5},
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -379,6 +380,32 @@ def test_experiments_saved_at_the_same_moment_from_two_workspaces_both_land(tmp_
     assert sorted(names) == ["shots-3", "shots-4"]
     assert sorted(dvc(repo, "exp", "list", "--name-only").split()) == ["shots-3", "shots-4"]
     assert git(repo, "worktree", "list").count("\n") == 1
+
+
+STOPPED_MID_EXPERIMENT = """
+import os, signal, sys
+from pathlib import Path
+from pipeline.dvc_cli import sigterm_deferred, terminate_children_on_sigterm
+from pipeline.workspace import experiment_workspace
+terminate_children_on_sigterm()
+repo, out = Path(sys.argv[1]), Path(sys.argv[2])
+with experiment_workspace(repo, {"data.shots": 4}, print) as ws:
+    (out / "root").write_text(str(ws.root))
+    with sigterm_deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        (out / "after-kill").touch()  # the block goes on ...
+    (out / "after-block").touch()  # ... and the process stops as it ends
+"""
+
+
+def test_a_sigterm_stops_the_process_after_its_experiment_worktree_is_removed(tmp_path):
+    repo = make_toy_repo(tmp_path / "toy", ONE_STAGE)
+    proc = subprocess.run([forked_python(), "-c", STOPPED_MID_EXPERIMENT, str(repo), str(tmp_path)], cwd=repo,
+                          env={**pipeline_env(), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert (tmp_path / "after-kill").exists() and not (tmp_path / "after-block").exists()
+    root = Path((tmp_path / "root").read_text())
+    assert not root.parent.exists() and git(repo, "worktree", "list").count("\n") == 1
 
 
 # --- deployments --------------------------------------------------------------------------------------

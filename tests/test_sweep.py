@@ -32,7 +32,7 @@ from pipeline.sweep import Outcome, table
 from pipeline.sweep_grid import SEEDED, Cell, grid_from_args, grid_from_file, cells
 from pipeline.workspace import first_locked_stage, head_experiments
 from test_pipeline_flow import eventually
-from test_prefect_production import stop
+from test_prefect_production import create_process_pool, stop
 
 GRID = ["--name", "t", "--set", "finetune.synth_weight=0,1", "--set", "finetune.temperature=2.0,3.0"]
 NAMES = {"t-synth_weight0-temperature2.0", "t-synth_weight0-temperature3.0", "t-synth_weight1-temperature2.0",
@@ -222,6 +222,9 @@ def test_a_killed_sweep_resumes_with_only_its_unfinished_cells(reference):
     assert f"{len(before)} done before, {4 - len(before)} to run" in out
     ran = {line.split(":")[0].strip() for line in out.splitlines() if line.endswith(": ran")}
     assert ran == NAMES - before and exp_names(project) == NAMES
+    # the killed cell removed its experiment worktree on the way out (SIGTERM runs its `finally`)
+    worktrees = run(["git", "worktree", "list", "--porcelain"], project).stdout
+    assert [line for line in worktrees.splitlines() if line.startswith("worktree ")] == [f"worktree {project}"]
     # the table: at weight 0 every stream variant is the real-only model, so its deltas are exactly 0
     m = metrics_of(raw_file)
     for name in ("t-synth_weight0-temperature2.0", "t-synth_weight0-temperature3.0"):
@@ -300,9 +303,10 @@ def test_a_prefect_process_pool_with_two_workers_gives_the_same_metrics(referenc
     (project / "prefect.yaml").write_text(yaml.safe_dump({"name": "ganaug", "deployments": [deployment]}))
     shutil.copytree(ROOT / "pipeline", project / "pipeline")  # the entrypoint file, as in a real checkout
     env = {**pipeline_env(), "PREFECT_API_URL": api_url, "PYTHONPATH": str(ROOT)}
-    for cmd in (["work-pool", "create", f"sweep-{tag}", "--type", "process"], ["--no-prompt", "deploy", "--all"]):
-        out = subprocess.run(python("-m", "prefect", *cmd), cwd=project, env=env, capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stdout + out.stderr
+    create_process_pool(f"sweep-{tag}")
+    out = subprocess.run(python("-m", "prefect", "--no-prompt", "deploy", "--all"), cwd=project, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
     workers = [subprocess.Popen(python("-m", "prefect", "worker", "start", "--pool", f"sweep-{tag}", "--limit", "1"), cwd=project,
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
     try:
