@@ -12,10 +12,14 @@ import pytest
 import torch
 
 from conftest import ROOT
+from ganaug.config.errors import UserError
+from ganaug.train.runtime import configure_threads
 from pipeline.dag import parse_dot
 from pipeline.flow import stage_threads
 
-THREADS = "from ganaug.train.runtime import configure_threads; import torch; print(configure_threads(torch.device('cpu')), torch.get_num_threads())"
+# torch's own default (read before anything of ganaug is imported), what configure_threads chose, what torch has
+THREADS = ("import torch; default = torch.get_num_threads(); from ganaug.train.runtime import configure_threads; "
+           "print(default, configure_threads(torch.device('cpu')), torch.get_num_threads())")
 
 
 def threads_in_fresh_process(value: str | None) -> subprocess.CompletedProcess:
@@ -26,13 +30,13 @@ def threads_in_fresh_process(value: str | None) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.heavy
-def test_stage_threads_default_is_torchs_and_the_variable_overrides_it():
-    default = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
-                             capture_output=True, text=True).stdout.split()
-    assert threads_in_fresh_process(None).stdout.split() == default * 2
-    assert threads_in_fresh_process("1").stdout.split() == ["1", "1"]
-    bad = threads_in_fresh_process("two")
-    assert bad.returncode != 0 and "GANAUG_THREADS: expected a positive integer, got 'two'" in bad.stderr
+def test_stage_threads_default_is_torchs_and_the_variable_overrides_it(monkeypatch):
+    default, chosen, now = threads_in_fresh_process(None).stdout.split()
+    assert chosen == now == default
+    assert threads_in_fresh_process("1").stdout.split()[1:] == ["1", "1"]
+    monkeypatch.setenv("GANAUG_THREADS", "two")  # refused before torch is touched: checked in this process
+    with pytest.raises(UserError, match="GANAUG_THREADS: expected a positive integer, got 'two'"):
+        configure_threads(torch.device("cpu"))
 
 
 def test_parallel_flow_splits_the_cores_over_the_widest_level(monkeypatch):
