@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
 import yaml
 
 from pipeline import datasets
@@ -53,6 +52,8 @@ def usable_cores() -> int:
 
 def machine() -> str:
     """One line: cores, CPU, GPU or not, torch and Python versions."""
+    import torch  # here: the test session's controller process imports this module and never needs torch
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{usable_cores()} CPU cores ({cpu_model()}), {gpu}, torch {torch.__version__}, "
             f"Python {platform.python_version()}, {platform.system()} {platform.release()}")

@@ -20,12 +20,11 @@ from typing import Optional
 
 import pytest
 
-# Before torch loads its OpenMP runtime (here, and inherited by every process the tests start): a thread that
+# Before torch loads its OpenMP runtime (in this process, and in every process the tests start): a thread that
 # waits at an OpenMP barrier sleeps instead of spinning. The suite runs more threads than the machine has
 # cores (three workers, their pipelines, the tests of thread counts), and spinning threads burned CPU the
 # others needed (three concurrent runs of the throughput smoke test: 69 busy core-seconds, 57 passive).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-import torch  # noqa: E402
 
 # One copy of the project-in-a-temp-repo helpers, shared with the benchmarks.
 from bench.common import ROOT, PROJECT_FILES, deep_update, make_project, tool_env  # noqa: F401 (re-exported to tests)
@@ -48,7 +47,6 @@ os.environ.setdefault("PREFECT_WORKER_QUERY_SECONDS", "1")
 os.environ.setdefault("PREFECT_WORKER_PREFETCH_SECONDS", "1")
 os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
 os.environ.setdefault("PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS", "1")
-torch.set_num_threads(int(os.environ["GANAUG_THREADS"]))
 # A suite started in the background by a non-interactive shell (`make test &`, `nohup ...`) inherits SIGINT
 # ignored, and so would every process it starts. A Prefect worker stops on SIGTERM by sending itself SIGINT:
 # with SIGINT ignored it never stops (tests/test_prefect_production.py waited out its two-minute kill timeout).
@@ -62,6 +60,12 @@ def _needs_shared_run(item) -> bool:
 
 
 def pytest_configure(config):
+    # torch for the processes that run tests (the xdist workers, or a run without -n), not the xdist
+    # controller, which only hands tests out (about 2 s of CPU to import)
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        import torch
+
+        torch.set_num_threads(int(os.environ["GANAUG_THREADS"]))
     config.addinivalue_line("markers", "heavy: a test of many seconds (a pipeline, a Prefect deployment); run early")
 
 
