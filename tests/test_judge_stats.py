@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg
-from sklearn.metrics import f1_score
+from sklearn.metrics import confusion_matrix, f1_score
 
 from ganaug.judge.feature_metrics import fid
-from ganaug.judge.metrics import _macro_f1_from_confusion, bootstrap_delta
+from ganaug.judge.metrics import _confusion_stack, _macro_f1_from_confusion, bootstrap_delta
 
 
 def test_fid_eigenvalue_shortcut_equals_the_matrix_square_root():
@@ -25,6 +25,17 @@ def test_macro_f1_from_stacked_confusions_matches_sklearn():
     cm = np.zeros((1, 4, 4), dtype=np.int64)
     np.add.at(cm, (0, y, p), 1)
     assert np.isclose(_macro_f1_from_confusion(cm)[0], f1_score(y, p, average="macro"))
+
+
+def test_stacked_confusions_are_sklearns_row_by_row():
+    rng = np.random.default_rng(3)
+    y, p = rng.integers(0, 5, (40, 30)), rng.integers(0, 5, (40, 30))  # (R, N)
+    p[0] = y[0]  # a perfect row
+    y[1], p[1] = 4, 0  # classes that never occur in a row
+    stack = _confusion_stack(y, p, 5)
+    assert stack.shape == (40, 5, 5) and stack.sum() == y.size
+    for r in range(40):
+        assert np.array_equal(stack[r], confusion_matrix(y[r], p[r], labels=range(5))), r
 
 
 def test_paired_bootstrap_interval_is_zero_for_identical_predictions_and_excludes_zero_for_a_clear_gain():

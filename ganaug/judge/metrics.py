@@ -32,16 +32,24 @@ def _macro_f1_from_confusion(cm: np.ndarray) -> np.ndarray:
     return f1.mean(1)
 
 
+def _confusion_stack(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """One confusion matrix per row of (R, N) labels and predictions: (R, K, K) counts. One `np.bincount` over
+    the flat (row, actual, predicted) index, the counts `np.add.at` gives at a fraction of its time."""
+    rounds = y.shape[0]
+    flat = (np.arange(rounds)[:, None] * n_classes + y) * n_classes + pred  # (R, N)
+    return np.bincount(flat.ravel(), minlength=rounds * n_classes * n_classes).reshape(rounds, n_classes, n_classes)
+
+
 def bootstrap_delta(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n_classes: int,
                     rounds: int = 1000, seed: int = 0) -> dict:
     """Paired bootstrap over test images of (b - a) for accuracy and macro-F1: mean and 95% interval."""
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(y), size=(rounds, len(y)))  # (R, N)
-    out = {}
+    actual, out = y[idx], {}
     for name, pred in (("a", pred_a), ("b", pred_b)):
-        cm = np.zeros((rounds, n_classes, n_classes), dtype=np.int64)
-        np.add.at(cm, (np.arange(rounds)[:, None], y[idx], pred[idx]), 1)
-        out[name] = {"accuracy": (pred[idx] == y[idx]).mean(1), "macro_f1": _macro_f1_from_confusion(cm)}
+        cm = _confusion_stack(actual, pred[idx], n_classes)  # (R, K, K)
+        accuracy = np.trace(cm, axis1=1, axis2=2) / len(y)  # (R,)
+        out[name] = {"accuracy": accuracy, "macro_f1": _macro_f1_from_confusion(cm)}
     result = {}
     for metric in ("accuracy", "macro_f1"):
         d = out["b"][metric] - out["a"][metric]
