@@ -22,6 +22,9 @@ from ganaug.train.dagan import DaganTrainConfig, PairBatches, train_dagan
 from stages.train_dagan import write_dagan
 
 CPU = torch.device("cpu")
+# All of this module's tests on one pytest-xdist worker (`make test`: `--dist loadgroup`), so that
+# `dagan_path` trains its DAGAN once, not once in each worker that takes one of them.
+pytestmark = pytest.mark.xdist_group("dagan_model")
 SHOTS = 5  # per target class
 TINY = dict(z_dim=8, g_width=8, d_width=8, batch_size=16, checkpoint_every=4, seed=3)
 

@@ -24,6 +24,9 @@ from ganaug.train.fit import FitConfig, fit
 from stages.train_repair import write_repair
 
 CPU = torch.device("cpu")
+# All of this module's tests on one pytest-xdist worker (`make test`: `--dist loadgroup`), so that
+# `model` trains its repair model once, not once in each worker that takes one of them.
+pytestmark = pytest.mark.xdist_group("repair_model")
 TINY = RepairParams(width=8, steps=120, batch_size=32, checkpoint_every=40)
 SHOTS = 5  # per target class
 
