@@ -16,8 +16,8 @@ What differs from a fresh interpreter, and how it is kept out of the results:
   process seeds them; torch's default generator is untouched by the server (its fixed start-up seed);
 - the hash seed is the server's for every child;
 - a forked `dvc` is not in its client's process group, so killing the client's group does not reach the
-  stage processes that `dvc` started: the tests of killing, timeouts and cancellation
-  (tests/test_prefect_production.py) run plain `dvc`.
+  stage processes that `dvc` started: the runs that the tests of killing, timeouts and cancellation
+  (tests/test_prefect_production.py) stop run plain `dvc`.
 tests/test_reproducible.py compares a run made through this server with one made by plain Python
 processes, byte for byte.
 Not used by the tests of thread counts (tests/test_threads.py) or timing (bench/throughput.py).

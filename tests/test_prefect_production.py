@@ -15,6 +15,8 @@ from prefect.client.orchestration import get_client
 
 from pipeline.deployed import ganaug_pipeline
 from pipeline.flow import stage_exit_code
+from conftest import forked_python, pipeline_env
+from forkserver import SOCKET_ENV
 from test_pipeline_flow import ONE_STAGE, artifacts_of, dvc, eventually, make_toy_repo, run_flow, task_runs_of
 from pipeline.report import REPORT_KEY
 
@@ -104,8 +106,8 @@ def test_killing_a_run_mid_stage_leaves_no_process_and_the_next_run_succeeds(tmp
     run.send_signal(signal.SIGTERM)  # what a Prefect worker does to a flow run it cancels
     run.wait(60)
     assert eventually(lambda: not alive(pid), timeout=30), f"stage process {pid} outlived its flow run"
-    again = subprocess.run([sys.executable, "-m", "pipeline", "run", "--retries", "0", "--repo", str(repo)],
-                           cwd=tmp_path, env=env_for(api_url), capture_output=True, text=True, timeout=300)
+    again = subprocess.run([forked_python(), "-m", "pipeline", "run", "--retries", "0", "--repo", str(repo)],
+                           cwd=tmp_path, env=forked_env(env_for(api_url)), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "up to date" in dvc(repo, "status")
 
@@ -151,9 +153,16 @@ def deploy_toy(tmp_path: Path, api_url: str) -> tuple[Path, dict[str, str]]:
     return repo, env
 
 
+def forked_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` for a `forked_python()` process (a worker, `pipeline run`) whose flow runs fork their `dvc` commands
+    from the tests' fork server (tests/forkserver.py), as the other pipeline tests do. A run that is killed or
+    cancelled runs plain `dvc`, in its process group: a run whose job variables set SOCKET_ENV to ''."""
+    return {**env, **{k: v for k, v in pipeline_env().items() if k in ("PATH", SOCKET_ENV)}}
+
+
 def worker_once(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(PREFECT + ["worker", "start", "--pool", "ganaug", "--run-once"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run([forked_python(), "-m", "prefect", "worker", "start", "--pool", "ganaug", "--run-once"],
+                          cwd=tmp_path, env=forked_env(env), capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.heavy
@@ -182,8 +191,8 @@ def test_prefect_yaml_deploys_to_a_process_pool_and_a_worker_runs_waits_and_canc
     assert REPORT_KEY in artifacts_of(runs[ran].id)
     # one run at a time (deployment concurrency limit 1, ENQUEUE): the other waited, visible as waiting ...
     assert runs[waited].state.name == "AwaitingConcurrencySlot", runs[waited].state
-    worker = subprocess.Popen(PREFECT + ["worker", "start", "--pool", "ganaug"], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen([forked_python(), "-m", "prefect", "worker", "start", "--pool", "ganaug"], cwd=tmp_path,
+                              env=forked_env(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:  # ... and runs once its slot is free (Prefect reschedules it a little later)
         def final(run_id):
             with get_client(sync_client=True) as client:
@@ -196,8 +205,8 @@ def test_prefect_yaml_deploys_to_a_process_pool_and_a_worker_runs_waits_and_canc
         assert_cancelling_mid_stage_stops_its_processes(tmp_path, env, manual.id)
     finally:
         stop(worker)
-    again = subprocess.run([sys.executable, "-m", "pipeline", "run", "--retries", "0", "--repo", str(repo)],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run([forked_python(), "-m", "pipeline", "run", "--retries", "0", "--repo", str(repo)],
+                           cwd=tmp_path, env=forked_env(env), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "up to date" in dvc(repo, "status")
 
@@ -209,7 +218,7 @@ def assert_cancelling_mid_stage_stops_its_processes(tmp_path: Path, env: dict[st
     with get_client(sync_client=True) as client:
         run = client.create_flow_run_from_deployment(
             deployment_id, parameters={"retries": 0},
-            job_variables={"env": {"TOY_SLEEP": "600", "TOY_PIDFILE": str(pidfile)}})
+            job_variables={"env": {"TOY_SLEEP": "600", "TOY_PIDFILE": str(pidfile), SOCKET_ENV: ""}})
     stage_pid = Path(f"{pidfile}.baseline")
     assert eventually(stage_pid.exists, timeout=180), "the finetune stage never started"
     pid = int(stage_pid.read_text())
