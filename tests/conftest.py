@@ -122,11 +122,16 @@ def pipeline_env() -> dict:
     imported torch and DVC (tests/forkserver.py): a tiny `dvc repro` in about a third of the time. One server
     for the session's workers, started by the first that asks. tests/test_reproducible.py checks that it gives
     the plain processes' outputs, byte for byte."""
-    env = plain_pipeline_env()
+    return {**plain_pipeline_env(), **fork_client_env()}
+
+
+def fork_client_env() -> dict[str, str]:
+    """The variables that make a `forked_python()` process and the Python processes it starts use the session's
+    fork server (the client first on PATH, the server's socket), the server started by the first that asks."""
     with _forked_lock:  # the shared run's thread and a test may ask at once
         if not _forked:
-            _forked.update(forkserver.start_shared(env, Path(_CLIENT_PYTHON).parents[1], *_session()))
-    return {**env, **_forked}
+            _forked.update(forkserver.start_shared(plain_pipeline_env(), Path(_CLIENT_PYTHON).parents[1], *_session()))
+    return dict(_forked)
 
 
 def forked_python() -> str:

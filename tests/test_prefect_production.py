@@ -15,7 +15,7 @@ from prefect.client.orchestration import get_client
 
 from pipeline.deployed import ganaug_pipeline
 from pipeline.flow import stage_exit_code
-from conftest import forked_python, pipeline_env
+from conftest import fork_client_env, forked_python
 from forkserver import SOCKET_ENV
 from test_pipeline_flow import ONE_STAGE, artifacts_of, dvc, eventually, make_toy_repo, run_flow, task_runs_of
 from pipeline.report import REPORT_KEY
@@ -157,7 +157,7 @@ def forked_env(env: dict[str, str]) -> dict[str, str]:
     """`env` for a `forked_python()` process (a worker, `pipeline run`) whose flow runs fork their `dvc` commands
     from the tests' fork server (tests/forkserver.py), as the other pipeline tests do. A run that is killed or
     cancelled runs plain `dvc`, in its process group: a run whose job variables set SOCKET_ENV to ''."""
-    return {**env, **{k: v for k, v in pipeline_env().items() if k in ("PATH", SOCKET_ENV)}}
+    return {**env, **fork_client_env()}
 
 
 def worker_once(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
