@@ -119,9 +119,10 @@ def _session() -> tuple[str, int]:
 
 def pipeline_env() -> dict:
     """`plain_pipeline_env()` with each `python -m stages.*` and `python -m dvc` forked from a server that has
-    imported torch and DVC (tests/forkserver.py): a tiny `dvc repro` in about a third of the time. One server
-    for the session's workers, started by the first that asks. tests/test_reproducible.py checks that it gives
-    the plain processes' outputs, byte for byte."""
+    imported torch and DVC (tests/forkserver.py): a tiny `dvc repro` in about a third of the time; and
+    Prefect's workers, flow runs and `python -m pipeline` from a second one that has imported Prefect. One pair
+    of servers for the session's workers, started by the first that asks. tests/test_reproducible.py checks
+    that it gives the plain processes' outputs, byte for byte."""
     return {**plain_pipeline_env(), **fork_client_env()}
 
 

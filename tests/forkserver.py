@@ -6,8 +6,12 @@ that finds little to do spends half its time importing DVC. Here one server proc
 `python -m stages.<name> ...` (dvc.yaml's commands, found on PATH) and `python -m dvc ...` go to a small
 client, `bin/python`, that hands its arguments, working folder, environment and standard streams to the
 server, which forks a child that runs the module as `python -m` would and exits with its code.
-Everything else the client is asked to run (`python toy.py`, `python -m pipeline`) it execs as the real
-Python, with the same process id; so does a client whose environment names no server (SOCKET_ENV).
+A second server has imported Prefect instead (PREFECT_PRELOAD): Prefect's command line (`prefect worker
+start`, `prefect deploy`), a flow run's supervisor and engine, and the project's command line (`python -m
+pipeline run|serve|sweep`, a sweep's cells) go there (PREFECT_FORKED), each about 1.5-2 s of CPU to
+import Prefect otherwise. Everything else the client is asked to run (`python toy.py`, a Dask worker) it
+execs as the real Python, with the same process id; so does a client whose environment names no server
+(SOCKET_ENV), and, for the Prefect server's modules, one whose PREFECT_ENV is not "1".
 
 What differs from a fresh interpreter, and how it is kept out of the results:
 - modules of the project (stages, ganaug) are never imported by the server, so the child imports the
@@ -15,16 +19,22 @@ What differs from a fresh interpreter, and how it is kept out of the results:
 - Python's `random` and numpy's global generator are reseeded from the OS in each child, as a fresh
   process seeds them; torch's default generator is untouched by the server (its fixed start-up seed);
 - the hash seed is the server's for every child;
-- a forked `dvc` is not in its client's process group, so killing the client's group does not reach the
-  stage processes that `dvc` started: the runs that the tests of killing, timeouts and cancellation
-  (tests/test_prefect_production.py) stop run plain `dvc`.
+- Prefect reads its settings (the environment, the working folder's prefect.toml) and sets up logging when
+  imported: a child of the Prefect server reads and sets them up again from its own (and its
+  `sys.executable` is the client, as in a Python the client execs, so that what it starts is forked too);
+- a flow run's supervisor execs its engine (the same pid): the child's connection to its client stays open
+  across the exec (RELAY_ENV), and the client exec'd there reports the engine's exit code on it;
+- a forked process is not in its client's process group, so killing the client's group does not reach the
+  processes that the child started: the runs that the tests of killing, timeouts and cancellation
+  (tests/test_prefect_production.py, the killed sweep of tests/test_sweep.py) stop run plain.
 tests/test_reproducible.py compares a run made through this server with one made by plain Python
-processes, byte for byte.
+processes, byte for byte, and Prefect's settings in a forked and a plain process.
 Not used by the tests of thread counts (tests/test_threads.py) or timing (bench/throughput.py).
 
 `make_client()` writes a client; `start()` starts a server for one process (it exits when its parent does,
 since it reads its standard input until end of file); `start_shared()` starts one server for all the
-processes of a test session, the clients of its pytest-xdist workers (it exits when the session does).
+processes of a test session, the clients of its pytest-xdist workers, and the Prefect server beside it
+(both exit when the session does).
 """
 from __future__ import annotations
 
@@ -60,6 +70,21 @@ PRELOAD = ("torch", "torch._dynamo", "torch.optim", "numpy", "pandas", "pyarrow.
            "dvc.ui.table", "dvc.utils.strictyaml", "dvc_data.fs", "dvc_data.hashfile.db.local",
            "dvc_data.hashfile.status", "ruamel.yaml", "dulwich.porcelain", "pygit2", "scmrepo.fs", "platformdirs")
 FORKED = ("stages.", "dvc")  # `-m` modules the client sends to the server: the stages, and DVC's command line
+# `-m` modules sent to the second server (the socket's path + PREFECT_SUFFIX), which has imported Prefect: a
+# server of their own, so that no stage or `dvc` command runs with Prefect imported (its import sets up logging,
+# the root logger's included). A flow run's supervisor prepares the run, then execs its engine (the same pid).
+PREFECT_FORKED = ("prefect", "prefect.runner._workspace_supervisor", "prefect.engine", "pipeline", "pipeline.")
+PREFECT_SUFFIX = "-prefect"
+# "1" where the client sends PREFECT_FORKED to that server; a process whose process group is killed with what it
+# started (the killed sweep of tests/test_sweep.py) sets it to '' and runs them as the real Python.
+PREFECT_ENV = "GANAUG_TEST_FORK_PREFECT"
+# "pid:fd" in a Prefect server's child: its connection to its client, kept open across an exec. A client exec'd
+# by that child (the same pid) reports its exit code there, as the child's.
+RELAY_ENV = "GANAUG_TEST_FORKSERVER_RELAY"
+PREFECT_PRELOAD = ("prefect", "prefect.main", "prefect.engine", "prefect.flow_engine", "prefect.cli",
+                   "prefect.workers.process", "prefect.runner", "prefect.deployments", "prefect.artifacts",
+                   "prefect.client.orchestration", "prefect.runner._workspace_supervisor", "pydantic",
+                   "pydantic_settings", "yaml", "numpy", "httpx", "anyio", "rich", "ruamel.yaml")
 
 
 # --- the wire: one JSON request with three file descriptors; the child's pid, then its exit code --------
@@ -104,27 +129,55 @@ forkserver.client({python!r}, {client!r}, sys.argv[1:])
 """
 
 
+def _server_for(path: str | None, argv: list[str]) -> str | None:
+    """The socket of the server that runs `python ARGV`, or None where it runs as the real Python."""
+    def among(names: tuple[str, ...]) -> bool:
+        return any(argv[1] == m or (m.endswith(".") and argv[1].startswith(m)) for m in names)
+    if not path or len(argv) < 2 or argv[0] != "-m":
+        return None
+    if among(FORKED):
+        return path
+    return path + PREFECT_SUFFIX if among(PREFECT_FORKED) and os.environ.get(PREFECT_ENV) == "1" else None
+
+
 def client(real_python: str, client_path: str, argv: list[str]) -> None:
-    """`python ARGS`: `-m` of a module in FORKED goes to the server; anything else is exec'd (same pid) as the real Python
-    named by the client's path, so that its `sys.executable` is the client and the Python processes it
-    starts (`sys.executable -m ...`, or `python` first on PATH, as bench/common.py tool_env() puts it) are
-    clients too. The client's folder is a view of the real environment (pyvenv.cfg, lib/) for that."""
-    path = os.environ.get(SOCKET_ENV)
-    forked = len(argv) >= 2 and argv[0] == "-m" and any(
-        argv[1] == m or (m.endswith(".") and argv[1].startswith(m)) for m in FORKED)
-    if not (path and forked and os.path.exists(path)):
-        os.execv(real_python, [client_path, *argv])
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(path)
-    _send_request(sock, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)})
-    pid = struct.unpack("!i", _recv_exact(sock, 4))[0]
+    """`python ARGS`: `-m` of a module in FORKED or PREFECT_FORKED goes to its server (and where a child of the
+    Prefect server exec'd this client, the exit code goes to that child's client too); anything else is exec'd
+    (same pid) as the real Python named by the client's path, so that its `sys.executable` is the client and
+    the Python processes it starts (`sys.executable -m ...`, or `python` first on PATH, as bench/common.py
+    tool_env() puts it) are clients too. The client's folder is a view of the real environment (pyvenv.cfg, lib/) for that."""
+    relay = _relay()
+    path = _server_for(os.environ.get(SOCKET_ENV), argv)
+    if not (path and os.path.exists(path)):
+        if relay is None:
+            os.execv(real_python, [client_path, *argv])
+        proc = subprocess.Popen([client_path, *argv], executable=real_python)
+        _forward_signals(proc.pid)
+        code = proc.wait()
+        code = 128 - code if code < 0 else code
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        _send_request(sock, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "executable": client_path})
+        _forward_signals(struct.unpack("!i", _recv_exact(sock, 4))[0])
+        try:
+            code = struct.unpack("!i", _recv_exact(sock, 4))[0]
+        except EOFError:  # the child died without reporting (killed)
+            code = 128 + signal.SIGKILL
+    if relay is not None:
+        relay.sendall(struct.pack("!i", code))
+    sys.exit(code)
+
+
+def _forward_signals(pid: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # what a killed client gets, its stage gets
         signal.signal(sig, lambda s, _f: os.kill(pid, s))
-    try:
-        code = struct.unpack("!i", _recv_exact(sock, 4))[0]
-    except EOFError:  # the child died without reporting (killed)
-        code = 128 + signal.SIGKILL
-    sys.exit(code)
+
+
+def _relay() -> socket.socket | None:
+    """Where a forked child that exec'd this client (the same pid) waits to report: its client's connection."""
+    pid, _, fd = os.environ.pop(RELAY_ENV, "").partition(":")
+    return socket.socket(fileno=int(fd)) if pid == str(os.getpid()) else None
 
 
 # --- the server and its children -----------------------------------------------------------------
@@ -144,6 +197,11 @@ def _child(conn: socket.socket, request: dict, fds: list[int]) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    if "prefect.context" in sys.modules:  # the Prefect server's child
+        sys.executable = request["executable"]  # as in the client's own Python: the processes it starts are clients
+        _prefect_from_environment()
+        os.set_inheritable(conn.fileno(), True)
+        os.environ[RELAY_ENV] = f"{os.getpid()}:{conn.fileno()}"
     argv = request["argv"]
     module = argv[1]
     sys.argv = [module, *argv[2:]]  # runpy puts the module's file in argv[0]
@@ -183,6 +241,16 @@ def _child(conn: socket.socket, request: dict, fds: list[int]) -> None:
     os._exit(code & 0xFF)
 
 
+def _prefect_from_environment() -> None:
+    """Prefect read its settings (environment, working folder) and set up logging when the server imported it:
+    both again, as a fresh process importing Prefect here would."""
+    from prefect.context import refresh_global_settings_context
+    from prefect.logging.configuration import setup_logging
+
+    refresh_global_settings_context()
+    setup_logging(incremental=False)
+
+
 def _exit_with_parent() -> None:
     while os.read(0, 1 << 16):  # the raw fd: no Python-level lock for a forked child to inherit held
         pass
@@ -208,7 +276,7 @@ def serve(path: str, session_pid: int | None = None) -> None:
         threading.Thread(target=_exit_with_parent, daemon=True).start()
     else:
         threading.Thread(target=_exit_with_session, args=(session_pid, os.path.dirname(path)), daemon=True).start()
-    for name in PRELOAD:
+    for name in PREFECT_PRELOAD if path.endswith(PREFECT_SUFFIX) else PRELOAD:
         importlib.import_module(name)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -247,16 +315,20 @@ def _server(env: dict[str, str], sock: Path, session_pid: int | None = None) -> 
     shared = [] if session_pid is None else [str(session_pid)]
     proc = subprocess.Popen([sys.executable, __file__, str(sock), *shared], env=env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, start_new_session=session_pid is not None)
+    _SERVERS.append(proc)
+    return proc
+
+
+def _ready(proc: subprocess.Popen) -> subprocess.Popen:
     if proc.stdout.readline().strip() != "ready":
         raise RuntimeError(f"the stage fork server did not start (exit code {proc.wait()})")
-    _SERVERS.append(proc)
     return proc
 
 
 def _client_env(env: dict[str, str], folder: Path, sock: Path) -> dict[str, str]:
     """The variables that send `python -m stages.*` and `python -m dvc` to the server at `sock`: PATH with the
-    client (`<folder>/bin/python`) first, and the socket."""
-    return {"PATH": f"{folder / 'bin'}{os.pathsep}{env.get('PATH', '')}", SOCKET_ENV: str(sock)}
+    client (`<folder>/bin/python`) first, and the socket; and Prefect's processes to the server beside it."""
+    return {"PATH": f"{folder / 'bin'}{os.pathsep}{env.get('PATH', '')}", SOCKET_ENV: str(sock), PREFECT_ENV: "1"}
 
 
 def start(env: dict[str, str], folder: Path | None = None) -> dict[str, str]:
@@ -264,7 +336,7 @@ def start(env: dict[str, str], folder: Path | None = None) -> dict[str, str]:
     (a new one by default), for this process alone: it exits with it. Returns the client's variables
     (`_client_env`)."""
     folder = folder or make_client()
-    _server(env, folder / "socket")
+    _ready(_server(env, folder / "socket"))
     return _client_env(env, folder, folder / "socket")
 
 
@@ -276,8 +348,10 @@ def start_shared(env: dict[str, str], folder: Path, session: str, session_pid: i
     shared.mkdir(exist_ok=True)
     with open(shared / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not (shared / "ready").exists():
-            _server(env, shared / "socket", session_pid).stdin.close()  # (it watches the session instead)
+        if not (shared / "ready").exists():  # both servers, their imports at the same time
+            servers = [_server(env, shared / name, session_pid) for name in ("socket", "socket" + PREFECT_SUFFIX)]
+            for proc in servers:
+                _ready(proc).stdin.close()  # (it watches the session instead)
             (shared / "ready").touch()
     return _client_env(env, folder, shared / "socket")
 

@@ -9,13 +9,15 @@ user's `dvc repro` runs them, and give the same outputs again: the fork server c
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import forkserver
-from conftest import DVC, plain_pipeline_env, run
+from conftest import DVC, forked_python, pipeline_env, plain_pipeline_env, run
 
 OUTPUT_DIRS = ("data", "metrics", "reports", "plots", "models")
 # Model files also hold the run's wall-clock time (summary: seconds, images_per_s): compared tensor by tensor.
@@ -59,3 +61,20 @@ def test_two_full_runs_give_identical_metrics_and_outputs(tiny_repro, tmp_path):
     rerun = run(DVC + ["repro", "--force", "--single-item", *RANDOM_STAGES], fresh, env=plain)
     assert all(f"Running stage '{stage}'" in rerun.stdout for stage in RANDOM_STAGES), rerun.stdout
     assert_same_outputs([tiny_repro.project, fresh])
+
+
+def test_a_forked_prefect_command_reads_its_own_environment_and_folder(tmp_path):
+    """The Prefect processes that the tests fork (tests/forkserver.py PREFECT_FORKED: workers, flow-run engines,
+    `python -m pipeline`) come from a server that imported Prefect under the session's environment, and
+    Prefect reads its settings when imported. Forked, `prefect config view` shows the settings of its own
+    environment and working folder, as the plain process does."""
+    (tmp_path / "prefect.toml").write_text('[logging]\nlevel = "ERROR"\n')  # settings read from the working folder
+    extra = {"PREFECT_API_URL": "http://127.0.0.1:9/api", "PREFECT_CLIENT_MAX_RETRIES": "2"}
+    views = [subprocess.run([python, "-m", "prefect", "config", "view", "--show-sources"], cwd=tmp_path,
+                            env={**env, **extra}, capture_output=True, text=True, timeout=300)
+             for python, env in ((forked_python(), pipeline_env()), (sys.executable, plain_pipeline_env()))]
+    assert [v.returncode for v in views] == [0, 0], [v.stderr[-2000:] for v in views]
+    assert views[0].stdout == views[1].stdout
+    for line in ("PREFECT_API_URL='http://127.0.0.1:9/api' (from env)", "PREFECT_CLIENT_MAX_RETRIES='2' (from env)",
+                 "PREFECT_LOGGING_LEVEL='ERROR' (from prefect.toml)"):
+        assert line in views[0].stdout, views[0].stdout

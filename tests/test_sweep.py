@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from conftest import DVC, ROOT, _restore_modes, _shared_folder, forked_python, pipeline_env, run
+from forkserver import PREFECT_ENV
 from pipeline.outcome import read_lock
 from pipeline.reuse import CACHED, PERSISTED, UNCACHED, declared_outputs, ignored_by_git, kind, locked_outputs
 from pipeline.stats import mean_ci
@@ -189,7 +190,8 @@ def _make_reference(folder: Path, shared, modes) -> None:
     shutil.copytree(shared.project, project, symlinks=True)
     _restore_modes(project, modes)
     cmd = python("-m", "pipeline", "sweep", *GRID, "--jobs", "1", "--repo", str(project))
-    first = subprocess.Popen(cmd, cwd=project, env=pipeline_env(), stdout=subprocess.DEVNULL,
+    # the sweep and its cell processes in the group that is killed: not forked (their `dvc` commands are)
+    first = subprocess.Popen(cmd, cwd=project, env={**pipeline_env(), PREFECT_ENV: ""}, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         assert eventually(lambda: exp_names(project) or first.poll() is not None, timeout=600)
