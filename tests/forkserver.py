@@ -10,8 +10,9 @@ A second server has imported Prefect instead (PREFECT_PRELOAD): Prefect's comman
 start`, `prefect deploy`), a flow run's supervisor and engine, and the project's command line (`python -m
 pipeline run|serve|sweep`, a sweep's cells) go there (PREFECT_FORKED), each about 1.5-2 s of CPU to
 import Prefect otherwise. Everything else the client is asked to run (`python toy.py`, a Dask worker) it
-execs as the real Python, with the same process id; so does a client whose environment names no server
-(SOCKET_ENV), and, for the Prefect server's modules, one whose PREFECT_ENV is not "1".
+execs as the real Python, with the same process id (or runs as a subprocess where the client reports to a
+child's client, RELAY_ENV); so does a client whose environment names no server (SOCKET_ENV), and, for the
+Prefect server's modules, one whose PREFECT_ENV is not "1".
 
 What differs from a fresh interpreter, and how it is kept out of the results:
 - modules of the project (stages, ganaug) are never imported by the server, so the child imports the
@@ -23,10 +24,12 @@ What differs from a fresh interpreter, and how it is kept out of the results:
   imported: a child of the Prefect server reads and sets them up again from its own (and its
   `sys.executable` is the client, as in a Python the client execs, so that what it starts is forked too);
 - a flow run's supervisor execs its engine (the same pid): the child's connection to its client stays open
-  across the exec (RELAY_ENV), and the client exec'd there reports the engine's exit code on it;
+  across the exec (RELAY_ENV), and the client exec'd there reports the engine's exit code on it (and stops
+  the engine if that client is killed);
 - a forked process is not in its client's process group, so killing the client's group does not reach the
-  processes that the child started: the runs that the tests of killing, timeouts and cancellation
-  (tests/test_prefect_production.py, the killed sweep of tests/test_sweep.py) stop run plain.
+  processes that the child started: the processes that the tests of killing, timeouts and cancellation stop
+  with their group are plain (tests/test_prefect_production.py's killed and cancelled runs; the killed
+  sweep of tests/test_sweep.py and its cell processes, whose `dvc` commands are forked).
 tests/test_reproducible.py compares a run made through this server with one made by plain Python
 processes, byte for byte, and Prefect's settings in a forked and a plain process.
 Not used by the tests of thread counts (tests/test_threads.py) or timing (bench/throughput.py).
@@ -78,8 +81,8 @@ PREFECT_SUFFIX = "-prefect"
 # "1" where the client sends PREFECT_FORKED to that server; a process whose process group is killed with what it
 # started (the killed sweep of tests/test_sweep.py) sets it to '' and runs them as the real Python.
 PREFECT_ENV = "GANAUG_TEST_FORK_PREFECT"
-# "pid:fd" in a Prefect server's child: its connection to its client, kept open across an exec. A client exec'd
-# by that child (the same pid) reports its exit code there, as the child's.
+# "pid:fd:inode", set where a Prefect server's child execs the client: the child's connection to its own client,
+# kept open across the exec. The client exec'd there (the same pid) reports its exit code on it, as the child's.
 RELAY_ENV = "GANAUG_TEST_FORKSERVER_RELAY"
 PREFECT_PRELOAD = ("prefect", "prefect.main", "prefect.engine", "prefect.flow_engine", "prefect.cli",
                    "prefect.workers.process", "prefect.runner", "prefect.deployments", "prefect.artifacts",
@@ -145,7 +148,8 @@ def client(real_python: str, client_path: str, argv: list[str]) -> None:
     Prefect server exec'd this client, the exit code goes to that child's client too); anything else is exec'd
     (same pid) as the real Python named by the client's path, so that its `sys.executable` is the client and
     the Python processes it starts (`sys.executable -m ...`, or `python` first on PATH, as bench/common.py
-    tool_env() puts it) are clients too. The client's folder is a view of the real environment (pyvenv.cfg, lib/) for that."""
+    tool_env() puts it) are clients too. The client's folder is a view of the real environment (pyvenv.cfg,
+    lib/) for that."""
     relay = _relay()
     path = _server_for(os.environ.get(SOCKET_ENV), argv)
     if not (path and os.path.exists(path)):
@@ -153,19 +157,27 @@ def client(real_python: str, client_path: str, argv: list[str]) -> None:
             os.execv(real_python, [client_path, *argv])
         proc = subprocess.Popen([client_path, *argv], executable=real_python)
         _forward_signals(proc.pid)
+        _watch(relay, proc.pid)
         code = proc.wait()
         code = 128 - code if code < 0 else code
     else:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(path)
         _send_request(sock, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "executable": client_path})
-        _forward_signals(struct.unpack("!i", _recv_exact(sock, 4))[0])
+        pid = struct.unpack("!i", _recv_exact(sock, 4))[0]
+        _forward_signals(pid)
+        if relay is not None:
+            _watch(relay, pid)
         try:
             code = struct.unpack("!i", _recv_exact(sock, 4))[0]
         except EOFError:  # the child died without reporting (killed)
             code = 128 + signal.SIGKILL
     if relay is not None:
-        relay.sendall(struct.pack("!i", code))
+        _DONE.set()
+        try:
+            relay.sendall(struct.pack("!i", code))
+        except OSError:  # its client is gone
+            pass
     sys.exit(code)
 
 
@@ -176,14 +188,33 @@ def _forward_signals(pid: int) -> None:
 
 def _relay() -> socket.socket | None:
     """Where a forked child that exec'd this client (the same pid) waits to report: its client's connection."""
-    pid, _, fd = os.environ.pop(RELAY_ENV, "").partition(":")
-    return socket.socket(fileno=int(fd)) if pid == str(os.getpid()) else None
+    pid, fd, inode = (os.environ.pop(RELAY_ENV, "").split(":") + ["", "", ""])[:3]
+    try:
+        if pid != str(os.getpid()) or str(os.fstat(int(fd)).st_ino) != inode:
+            return None
+    except (OSError, ValueError):
+        return None
+    return socket.socket(fileno=int(fd))
+
+
+_DONE = threading.Event()  # the code to relay is known
+
+
+def _watch(relay: socket.socket, pid: int) -> None:
+    """The child's client gone (killed) before `pid` ended: stop `pid` and exit, as the child itself would have."""
+    def watch():
+        relay.recv(1)
+        if not _DONE.is_set():
+            os.kill(pid, signal.SIGKILL)
+            os._exit(128 + signal.SIGKILL)
+    threading.Thread(target=watch, daemon=True).start()
 
 
 # --- the server and its children -----------------------------------------------------------------
 
-def _child(conn: socket.socket, request: dict, fds: list[int]) -> None:
-    """Become the stage process: its streams, folder, environment and argv; run the module; report."""
+def _child(conn: socket.socket, request: dict, fds: list[int], prefect: bool) -> None:
+    """Become the stage process: its streams, folder, environment and argv; run the module; report. `prefect`:
+    the Prefect server's child."""
     import random
     import runpy
     import traceback
@@ -197,11 +228,10 @@ def _child(conn: socket.socket, request: dict, fds: list[int]) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    if "prefect.context" in sys.modules:  # the Prefect server's child
+    if prefect:
         sys.executable = request["executable"]  # as in the client's own Python: the processes it starts are clients
         _prefect_from_environment()
-        os.set_inheritable(conn.fileno(), True)
-        os.environ[RELAY_ENV] = f"{os.getpid()}:{conn.fileno()}"
+        _relay_on_exec(conn, request["executable"])
     argv = request["argv"]
     module = argv[1]
     sys.argv = [module, *argv[2:]]  # runpy puts the module's file in argv[0]
@@ -239,6 +269,19 @@ def _child(conn: socket.socket, request: dict, fds: list[int]) -> None:
             pass
     conn.sendall(struct.pack("!i", code & 0xFF))
     os._exit(code & 0xFF)
+
+
+def _relay_on_exec(conn: socket.socket, client_path: str) -> None:
+    """Where this child execs the client (a flow run's supervisor its engine, `os.execvpe` -> `os.execve`), that
+    client gets this child's connection to its own client (RELAY_ENV), to report the exit code on."""
+    execve = os.execve
+
+    def execve_relaying(path, args, env):
+        if path == client_path:
+            os.set_inheritable(conn.fileno(), True)
+            env = {**env, RELAY_ENV: f"{os.getpid()}:{conn.fileno()}:{os.fstat(conn.fileno()).st_ino}"}
+        execve(path, args, env)
+    os.execve = execve_relaying
 
 
 def _prefect_from_environment() -> None:
@@ -288,7 +331,7 @@ def serve(path: str, session_pid: int | None = None) -> None:
         request, fds = _recv_request(conn)
         if os.fork() == 0:
             server.close()
-            _child(conn, request, fds)
+            _child(conn, request, fds, path.endswith(PREFECT_SUFFIX))
         conn.close()
         for fd in fds:
             os.close(fd)
@@ -321,13 +364,14 @@ def _server(env: dict[str, str], sock: Path, session_pid: int | None = None) -> 
 
 def _ready(proc: subprocess.Popen) -> subprocess.Popen:
     if proc.stdout.readline().strip() != "ready":
-        raise RuntimeError(f"the stage fork server did not start (exit code {proc.wait()})")
+        raise RuntimeError(f"a fork server did not start (exit code {proc.wait()})")
     return proc
 
 
 def _client_env(env: dict[str, str], folder: Path, sock: Path) -> dict[str, str]:
     """The variables that send `python -m stages.*` and `python -m dvc` to the server at `sock`: PATH with the
-    client (`<folder>/bin/python`) first, and the socket; and Prefect's processes to the server beside it."""
+    client (`<folder>/bin/python`) first, and the socket; and Prefect's processes to the server beside it, where
+    there is one (`start_shared()`)."""
     return {"PATH": f"{folder / 'bin'}{os.pathsep}{env.get('PATH', '')}", SOCKET_ENV: str(sock), PREFECT_ENV: "1"}
 
 
