@@ -319,7 +319,8 @@ def serve(path: str, session_pid: int | None = None) -> None:
         threading.Thread(target=_exit_with_parent, daemon=True).start()
     else:
         threading.Thread(target=_exit_with_session, args=(session_pid, os.path.dirname(path)), daemon=True).start()
-    for name in PREFECT_PRELOAD if path.endswith(PREFECT_SUFFIX) else PRELOAD:
+    prefect = path.endswith(PREFECT_SUFFIX)
+    for name in PREFECT_PRELOAD if prefect else PRELOAD:
         importlib.import_module(name)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -331,7 +332,7 @@ def serve(path: str, session_pid: int | None = None) -> None:
         request, fds = _recv_request(conn)
         if os.fork() == 0:
             server.close()
-            _child(conn, request, fds, path.endswith(PREFECT_SUFFIX))
+            _child(conn, request, fds, prefect)
         conn.close()
         for fd in fds:
             os.close(fd)

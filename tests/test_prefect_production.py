@@ -166,8 +166,8 @@ def forked_env(env: dict[str, str]) -> dict[str, str]:
 
 
 def worker_once(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([forked_python(), "-m", "prefect", "worker", "start", "--pool", "ganaug", "--run-once"],
-                          cwd=tmp_path, env=forked_env(env), capture_output=True, text=True, timeout=600)
+    return subprocess.run(prefect_cli("worker", "start", "--pool", "ganaug", "--run-once"), cwd=tmp_path,
+                          env=forked_env(env), capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.heavy
@@ -196,7 +196,7 @@ def test_prefect_yaml_deploys_to_a_process_pool_and_a_worker_runs_waits_and_canc
     assert REPORT_KEY in artifacts_of(runs[ran].id)
     # one run at a time (deployment concurrency limit 1, ENQUEUE): the other waited, visible as waiting ...
     assert runs[waited].state.name == "AwaitingConcurrencySlot", runs[waited].state
-    worker = subprocess.Popen([forked_python(), "-m", "prefect", "worker", "start", "--pool", "ganaug"], cwd=tmp_path,
+    worker = subprocess.Popen(prefect_cli("worker", "start", "--pool", "ganaug"), cwd=tmp_path,
                               env=forked_env(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:  # ... and runs once its slot is free (Prefect reschedules it a little later)
         def final(run_id):
