@@ -2,7 +2,9 @@
 
 - `fit` (pretrain / finetune): interrupted after a checkpoint plus a few steps, resumed in-process.
 - GAN training: `python -m stages.train_gan` killed with SIGKILL part-way, restarted, compared tensor by tensor
-  with an uninterrupted run in another folder.
+  with an uninterrupted run in another folder. The killed process is a plain one; the restarted and the
+  uninterrupted runs are forked from the tests' fork server (tests/forkserver.py), which gives a plain
+  process's outputs byte for byte (tests/test_reproducible.py).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from conftest import ROOT, tool_env
+from conftest import ROOT, fork_client_env, forked_python, tool_env
 from ganaug.config.params import DataParams
 from ganaug.io.atomic import stale_temporaries
 from ganaug.io.data import LoadOptions, load_digits_set, to_float
@@ -186,9 +188,12 @@ def snapshot_code(dest: Path) -> Path:
     return dest
 
 
-def start_train_gan(project: Path, code: Path) -> subprocess.Popen:
+def start_train_gan(project: Path, code: Path, forked: bool = True) -> subprocess.Popen:
+    """`python -m stages.train_gan` in `project` with the code snapshot: forked from the tests' fork server
+    (tests/forkserver.py, about 3 s of CPU less than a fresh process), or a plain process, for the one killed."""
     env = {**tool_env(), "PYTHONPATH": str(code), "GANAUG_DEVICE": "cpu"}
-    return subprocess.Popen([sys.executable, "-m", "stages.train_gan"], cwd=project, env=env,
+    python, env = (forked_python(), {**env, **fork_client_env()}) if forked else (sys.executable, env)
+    return subprocess.Popen([python, "-m", "stages.train_gan"], cwd=project, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -240,7 +245,7 @@ def test_gan_training_killed_with_sigkill_resumes_bit_identically(tmp_path):
     straight = gan_project(tmp_path / "straight")
     uninterrupted = start_train_gan(straight, code)  # runs alongside the kill/resume sequence
 
-    proc = start_train_gan(killed, code)
+    proc = start_train_gan(killed, code, forked=False)  # the process killed is a plain one, as a user's is
     step = wait_for_checkpoint(proc, killed, KILL_AFTER_CHECKPOINT)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
