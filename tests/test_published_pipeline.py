@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import DVC, deep_update, pipeline_env, run
+from conftest import DVC, deep_update, pipeline_env, ran_stages, run
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
 
@@ -19,8 +19,9 @@ def _git_commit(repo: Path, message: str) -> None:
     run(GIT + ["commit", "-qm", message], repo)
 
 
-def _synthetic_count(root: Path) -> int:
-    return int((pd.read_parquet(root / "manifest.parquet")["origin"] == "synthetic").sum())
+def _count(root: Path, origin: str) -> int:
+    """How many images of `origin` (real, synthetic, source) the dataset at `root` publishes."""
+    return int((pd.read_parquet(root / "manifest.parquet")["origin"] == origin).sum())
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -46,7 +47,8 @@ def test_a_consumer_imports_the_dataset_through_the_remote_alone_and_updates_it(
     run(DVC + ["init", "-q"], consumer)
     run(DVC + ["import", f"file://{server}", "data/augmented", "-o", "augmented"], consumer)
     assert _files(consumer / "augmented") == _files(producer / "data/augmented")
-    assert _synthetic_count(consumer / "augmented") == 20
+    n_source = _count(producer / "data/augmented", "source")
+    assert _count(consumer / "augmented", "synthetic") == 20 and n_source > 0
     lock = yaml.safe_load((consumer / "augmented.dvc").read_text())
     assert lock["deps"][0]["repo"]["url"] == f"file://{server}"
 
@@ -54,24 +56,25 @@ def test_a_consumer_imports_the_dataset_through_the_remote_alone_and_updates_it(
     run(DVC + ["artifacts", "get", f"file://{server}", "augmented-dataset", "-o", str(got)], tmp_path)
     assert _files(got) == _files(producer / "data/augmented")
 
-    # a new version: the producer changes synth.per_class, reruns, pushes; the consumer updates
+    # a new version: the producer stops publishing the relabelled source images (publish.source_images, read by
+    # concat alone, which reruns), pushes; the consumer updates
     shutil.move(aside, producer / ".dvc" / "cache")
     params = producer / "params.yaml"
-    params.write_text(yaml.safe_dump(deep_update(yaml.safe_load(params.read_text()), {"synth": {"per_class": 6}}),
-                                     sort_keys=False))
-    run(DVC + ["repro"], producer, env=pipeline_env())
-    _git_commit(producer, "six synthetic images per class")
+    params.write_text(yaml.safe_dump(deep_update(yaml.safe_load(params.read_text()),
+                                                 {"publish": {"source_images": False}}), sort_keys=False))
+    assert ran_stages(run(DVC + ["repro"], producer, env=pipeline_env()).stdout) == {"concat"}
+    _git_commit(producer, "the GAN's images only")
     run(DVC + ["push"], producer)
-    run(GIT + ["tag", "-a", "augmented-dataset@v1.1.0", "-m", "six per class"], producer)
+    run(GIT + ["tag", "-a", "augmented-dataset@v1.1.0", "-m", "the GAN's images only"], producer)
     run(["git", "push", "-q", "--follow-tags", str(server), "HEAD:refs/heads/" + _branch(producer)], producer)
     run(DVC + ["update", "augmented.dvc"], consumer)
-    assert _synthetic_count(consumer / "augmented") == 30
+    assert _count(consumer / "augmented", "source") == 0 and _count(consumer / "augmented", "synthetic") == 20
     assert _files(consumer / "augmented") == _files(producer / "data/augmented")
-    for rev, count in (("v1.0.0", 20), (None, 30)):  # a pinned version, and the latest
+    for rev, count in (("v1.0.0", n_source), (None, 0)):  # a pinned version, and the latest
         out = tmp_path / f"artifact-{rev}"
         run(DVC + ["artifacts", "get", f"file://{server}", "augmented-dataset", "-o", str(out),
                    *(["--rev", rev] if rev else [])], tmp_path)
-        assert _synthetic_count(out) == count
+        assert _count(out, "source") == count
 
 
 def _branch(repo: Path) -> str:
