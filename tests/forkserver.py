@@ -26,13 +26,18 @@ What differs from a fresh interpreter, and how it is kept out of the results:
 - a flow run's supervisor execs its engine (the same pid): the child's connection to its client stays open
   across the exec (RELAY_ENV), and the client exec'd there reports the engine's exit code on it (and stops
   the engine if that client is killed);
+- a module that writes Prefect's settings into `os.environ` once running (`pipeline/cli.py`
+  `prefect_environment()`, for a run without PREFECT_API_URL: its temporary server's start-up timeout and
+  database) writes them after the child has read Prefect's settings, so Prefect does not see them: every
+  forked `python -m pipeline` of the tests names its API URL, and the temporary-server test stays plain;
 - a forked process is not in its client's process group, so killing the client's group does not reach the
   processes that the child started: the processes that the tests of killing, timeouts and cancellation stop
   with their group are plain (tests/test_prefect_production.py's killed and cancelled runs; the killed
   sweep of tests/test_sweep.py and its cell processes, whose `dvc` commands are forked).
 tests/test_reproducible.py compares a run made through this server with one made by plain Python
 processes, byte for byte, and Prefect's settings in a forked and a plain process.
-Not used by the tests of thread counts (tests/test_threads.py) or timing (bench/throughput.py).
+Not used where thread counts (tests/test_threads.py: the fresh-process checks, `ganaug queue` and the processes
+its queue runs) or timing (bench/throughput.py) are measured; the queue test's own `dvc` commands are forked.
 
 `make_client()` writes a client; `start()` starts a server for one process (it exits when its parent does,
 since it reads its standard input until end of file); `start_shared()` starts one server for all the

@@ -188,7 +188,7 @@ def snapshot_code(dest: Path) -> Path:
     return dest
 
 
-def start_train_gan(project: Path, code: Path, forked: bool = True) -> subprocess.Popen:
+def start_train_gan(project: Path, code: Path, *, forked: bool = True) -> subprocess.Popen:
     """`python -m stages.train_gan` in `project` with the code snapshot: forked from the tests' fork server
     (tests/forkserver.py, about 3 s of CPU less than a fresh process), or a plain process, for the one killed."""
     env = {**tool_env(), "PYTHONPATH": str(code), "GANAUG_DEVICE": "cpu"}

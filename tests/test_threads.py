@@ -90,7 +90,7 @@ def _run(cmd: list[str], cwd, env=None) -> str:
 def test_ganaug_queue_gives_each_queued_experiment_its_share_of_the_cores(tmp_path):
     # the `dvc` commands that set up and read the queue are forked (conftest.DVC, pipeline_env()); the queue's
     # workers, started by `ganaug queue`, and what they run are plain processes, as a user's
-    forked = pipeline_env()
+    fork_env = pipeline_env()
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "dvc.yaml").write_text(QUEUE_STAGE)
@@ -98,9 +98,9 @@ def test_ganaug_queue_gives_each_queued_experiment_its_share_of_the_cores(tmp_pa
     (repo / "threads.py").write_text(QUEUE_SCRIPT)
     for cmd in (["git", "init", "-q"], DVC + ["init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "init"]):
-        _run(cmd, repo, forked)
+        _run(cmd, repo, fork_env)
     for seed in (1, 2):
-        _run(DVC + ["exp", "run", "--queue", "-S", f"seed={seed}", "--name", f"seed{seed}"], repo, forked)
+        _run(DVC + ["exp", "run", "--queue", "-S", f"seed={seed}", "--name", f"seed{seed}"], repo, fork_env)
     env = {k: v for k, v in os.environ.items() if k != "GANAUG_THREADS"}
     env["PYTHONPATH"] = str(ROOT)
     out = _run([sys.executable, "-m", "pipeline", "queue", "-j", "2"], repo, env)
@@ -108,7 +108,7 @@ def test_ganaug_queue_gives_each_queued_experiment_its_share_of_the_cores(tmp_pa
     assert f"GANAUG_THREADS={share}" in out
 
     def finished() -> dict[str, int]:
-        rows = json.loads(_run(DVC + ["exp", "show", "--json"], repo, forked))
+        rows = json.loads(_run(DVC + ["exp", "show", "--json"], repo, fork_env))
         done = {}
         for row in rows:
             for exp in row.get("experiments") or []:
@@ -121,4 +121,4 @@ def test_ganaug_queue_gives_each_queued_experiment_its_share_of_the_cores(tmp_pa
     deadline = time.monotonic() + 300  # the queue works in the background
     while len(finished()) < 2 and time.monotonic() < deadline:
         time.sleep(2)
-    assert finished() == {"seed1": share, "seed2": share}, _run(DVC + ["queue", "status"], repo, forked)
+    assert finished() == {"seed1": share, "seed2": share}, _run(DVC + ["queue", "status"], repo, fork_env)
