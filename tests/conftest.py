@@ -123,7 +123,13 @@ def pipeline_env() -> dict:
     Prefect's workers, flow runs and `python -m pipeline` from a second one that has imported Prefect. One pair
     of servers for the session's workers, started by the first that asks. tests/test_reproducible.py checks
     that it gives the plain processes' outputs, byte for byte."""
-    return {**plain_pipeline_env(), **fork_client_env()}
+    return forked_env(plain_pipeline_env())
+
+
+def forked_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` for a `forked_python()` process: with `fork_client_env()`, so that its `python -m stages.*|dvc`
+    and Prefect processes (workers, flow runs, `python -m pipeline`) are forked too."""
+    return {**env, **fork_client_env()}
 
 
 def fork_client_env() -> dict[str, str]:

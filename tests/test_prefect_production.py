@@ -15,7 +15,7 @@ from prefect.client.orchestration import get_client
 
 from pipeline.deployed import ganaug_pipeline
 from pipeline.flow import stage_exit_code
-from conftest import fork_client_env, forked_python
+from conftest import forked_env, forked_python
 from forkserver import SOCKET_ENV
 from test_pipeline_flow import ONE_STAGE, artifacts_of, dvc, eventually, make_toy_repo, run_flow, task_runs_of
 from pipeline.report import REPORT_KEY
@@ -158,13 +158,6 @@ def deploy_toy(tmp_path: Path, api_url: str) -> tuple[Path, dict[str, str]]:
     return repo, env
 
 
-def forked_env(env: dict[str, str]) -> dict[str, str]:
-    """`env` for a `forked_python()` process (a worker, `pipeline run`) whose flow runs fork their `dvc` commands
-    from the tests' fork server (tests/forkserver.py), as the other pipeline tests do. A run that is killed or
-    cancelled runs plain `dvc`, in its process group: a run whose job variables set SOCKET_ENV to ''."""
-    return {**env, **fork_client_env()}
-
-
 def worker_once(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(prefect_cli("worker", "start", "--pool", "ganaug", "--run-once"), cwd=tmp_path,
                           env=forked_env(env), capture_output=True, text=True, timeout=600)
@@ -223,6 +216,7 @@ def assert_cancelling_mid_stage_stops_its_processes(tmp_path: Path, env: dict[st
     with get_client(sync_client=True) as client:
         run = client.create_flow_run_from_deployment(
             deployment_id, parameters={"retries": 0},
+            # the cancelled run runs plain `dvc`, in its process group (SOCKET_ENV ''), which cancelling stops
             job_variables={"env": {"TOY_SLEEP": "600", "TOY_PIDFILE": str(pidfile), SOCKET_ENV: ""}})
     stage_pid = Path(f"{pidfile}.baseline")
     assert eventually(stage_pid.exists, timeout=180), "the finetune stage never started"

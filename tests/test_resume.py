@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from conftest import ROOT, fork_client_env, forked_python, tool_env
+from conftest import ROOT, forked_env, forked_python, tool_env
 from ganaug.config.params import DataParams
 from ganaug.io.atomic import stale_temporaries
 from ganaug.io.data import LoadOptions, load_digits_set, to_float
@@ -192,7 +192,7 @@ def start_train_gan(project: Path, code: Path, *, forked: bool = True) -> subpro
     """`python -m stages.train_gan` in `project` with the code snapshot: forked from the tests' fork server
     (tests/forkserver.py, about 3 s of CPU less than a fresh process), or a plain process, for the one killed."""
     env = {**tool_env(), "PYTHONPATH": str(code), "GANAUG_DEVICE": "cpu"}
-    python, env = (forked_python(), {**env, **fork_client_env()}) if forked else (sys.executable, env)
+    python, env = (forked_python(), forked_env(env)) if forked else (sys.executable, env)
     return subprocess.Popen([python, "-m", "stages.train_gan"], cwd=project, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
